@@ -39,8 +39,9 @@ $(MSG_STAMP): $(VENV)/.deps-done CMakeLists.txt package.xml $(wildcard msg/*.msg
 	touch $@
 
 $(STAMP): $(MSG_STAMP) setup.py
-	$(PIP) install --no-deps --no-build-isolation -e .
-	$(PY) -c "from reflex_ros.msg import ActionChunk; import rclpy, onnxruntime, torch" 
+	$(PIP) install --no-deps --no-build-isolation -e . --config-settings editable_mode=compat
+	# import from outside the repo: proves the sources and the generated messages merge
+	cd / && $(abspath $(PY)) -c "import reflex_ros, rclpy, onnxruntime, torch; from reflex_ros.msg import ActionChunk; assert reflex_ros.__version__"
 	touch $@
 
 msgs: $(MSG_STAMP)

@@ -1,0 +1,174 @@
+"""How long the arm takes to follow a command, from motion it was commanded anyway.
+
+Given the commanded trajectory (what the node published, as ros2_control's
+joint_trajectory_controller executes it: piecewise-linear between points, a new trajectory
+replacing the old one from its start stamp) and the measured joint states, the actuation
+lag is the delay L for which "command delayed by L" best explains the measurement.
+
+Robustness, and why:
+- Each joint's residual is de-meaned, so a constant offset (gravity sag, a servo's
+  steady-state error, a calibration offset between command and encoder) does not bias L.
+- Only joints whose command moves by at least ``min_motion`` count: a still joint carries
+  no timing information, only noise.
+- Every candidate L is scored on the *same* measured samples (those at least ``max_lag``
+  after the command starts), so a longer shift is not rewarded for overlapping less.
+- The grid minimum is refined by a parabola through its neighbours (sub-step resolution).
+- None when there is not enough motion (too few samples, a flat cost curve, or a best lag at
+  the edge of the search range, which means the true lag lies outside it).
+
+A pure ramp cannot separate a delay from an offset; varied motion (chunks of a policy,
+reversals, accelerations) can. Plain numpy, no ROS: the node feeds its live history, the
+replay tool feeds bag messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+MIN_SAMPLES = 20
+MIN_MOTION = 1e-3  # rad (or m): smaller command ranges are treated as "not moving"
+MIN_CONTRAST = 0.05  # the cost must vary by >= 5% over the lag range to trust its minimum
+
+
+def _sorted_unique(t_ns: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sort by time; for repeated stamps keep the last sample (what a controller would hold)."""
+    order = np.argsort(t_ns, kind="stable")
+    t_sorted, v_sorted = t_ns[order], values[order]
+    keep = np.ones(t_sorted.size, dtype=bool)
+    keep[:-1] = t_sorted[1:] != t_sorted[:-1]
+    return t_sorted[keep], v_sorted[keep]
+
+
+def _as_series(t_ns: Sequence[int] | np.ndarray, pos: Sequence[Sequence[float]] | np.ndarray,
+               what: str) -> tuple[np.ndarray, np.ndarray]:
+    t = np.asarray(t_ns, dtype=np.int64).reshape(-1)
+    p = np.asarray(pos, dtype=np.float64)
+    if p.ndim == 1:
+        p = p[:, None]
+    if p.ndim != 2 or p.shape[0] != t.size:
+        raise ValueError(f"{what}: positions must be [n, joints] with n = {t.size} timestamps, got {p.shape}")
+    finite = np.all(np.isfinite(p), axis=1)
+    return _sorted_unique(t[finite], p[finite])
+
+
+def lag_cost_curve(
+    cmd_t_ns: Sequence[int] | np.ndarray,
+    cmd_pos: Sequence[Sequence[float]] | np.ndarray,
+    meas_t_ns: Sequence[int] | np.ndarray,
+    meas_pos: Sequence[Sequence[float]] | np.ndarray,
+    max_lag_ms: float = 300.0,
+    step_ms: float = 2.0,
+    min_motion: float = MIN_MOTION,
+    min_samples: int = MIN_SAMPLES,
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(lags_ms, cost) over the grid 0..max_lag_ms, or None when there is too little motion.
+
+    cost(L) = sum over moving joints of the de-meaned squared mismatch between the measured
+    positions and the command interpolated at (t - L), averaged over the scored samples.
+    """
+    ct, cp = _as_series(cmd_t_ns, cmd_pos, "command")
+    mt, mp = _as_series(meas_t_ns, meas_pos, "measurement")
+    if cp.shape[1] != mp.shape[1]:
+        raise ValueError(f"command has {cp.shape[1]} joints but measurement has {mp.shape[1]}")
+    if max_lag_ms <= 0 or step_ms <= 0:
+        raise ValueError(f"max_lag_ms and step_ms must be > 0, got {max_lag_ms}, {step_ms}")
+    if ct.size < 2 or mt.size < min_samples:
+        return None
+    max_lag_ns = int(round(max_lag_ms * 1e6))
+    scored = (mt >= ct[0] + max_lag_ns) & (mt <= ct[-1])
+    if int(scored.sum()) < min_samples:
+        return None
+    t_eval, m_eval = mt[scored], mp[scored]
+    # Joints whose command moves within the span that the scored samples can see.
+    span = (ct >= t_eval[0] - max_lag_ns) & (ct <= t_eval[-1])
+    seen = cp[span] if span.sum() >= 2 else cp
+    moving = np.ptp(seen, axis=0) >= min_motion
+    if not moving.any():
+        return None
+    cmd_rel = (ct - ct[0]).astype(np.float64)
+    eval_rel = (t_eval - ct[0]).astype(np.float64)
+    lags_ms = np.arange(0.0, max_lag_ms + 0.5 * step_ms, step_ms)
+    cost = np.empty(lags_ms.size)
+    joints = np.flatnonzero(moving)
+    for k, lag in enumerate(lags_ms):
+        at = eval_rel - lag * 1e6
+        total = 0.0
+        for j in joints:
+            residual = m_eval[:, j] - np.interp(at, cmd_rel, cp[:, j])
+            residual -= residual.mean()
+            total += float(np.mean(residual * residual))
+        cost[k] = total
+    return lags_ms, cost
+
+
+def estimate_actuation_lag_ms(
+    cmd_t_ns: Sequence[int] | np.ndarray,
+    cmd_pos: Sequence[Sequence[float]] | np.ndarray,
+    meas_t_ns: Sequence[int] | np.ndarray,
+    meas_pos: Sequence[Sequence[float]] | np.ndarray,
+    max_lag_ms: float = 300.0,
+    step_ms: float = 2.0,
+    min_motion: float = MIN_MOTION,
+    min_samples: int = MIN_SAMPLES,
+) -> float | None:
+    """The delay (ms) that best aligns the commanded trajectory with the measured one.
+
+    ``cmd_pos`` is ``[n, J]`` at ``cmd_t_ns`` (the trajectory's points, linearly interpolated
+    between them), ``meas_pos`` is ``[m, J]`` at ``meas_t_ns`` in the same joint order.
+    Returns None when there is not enough motion to tell (see the module docstring).
+    """
+    curve = lag_cost_curve(cmd_t_ns, cmd_pos, meas_t_ns, meas_pos, max_lag_ms, step_ms, min_motion, min_samples)
+    if curve is None:
+        return None
+    lags, cost = curve
+    best = int(np.argmin(cost))
+    high = float(cost.max())
+    if high <= 0 or (high - float(cost[best])) / high < MIN_CONTRAST:
+        return None
+    if best == 0 or best == lags.size - 1:
+        # At the edge: a zero lag is a real answer (a simulator without delay), the far edge
+        # means "longer than we searched".
+        return 0.0 if best == 0 and cost[1] > cost[0] else None
+    c0, c1, c2 = cost[best - 1], cost[best], cost[best + 1]
+    denom = c0 - 2.0 * c1 + c2
+    offset = 0.5 * (c0 - c2) / denom if denom > 0 else 0.0
+    return float(lags[best] + np.clip(offset, -0.5, 0.5) * (lags[1] - lags[0]))
+
+
+def commanded_trajectory(
+    segments: Sequence[tuple[int, Sequence[int], Sequence[Sequence[float]]]],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Flatten successive trajectories into one commanded series, as a JTC executes them.
+
+    ``segments``: ``(start_ns, time_from_start_ns[k], positions[k, J])`` in arrival order.
+    A trajectory runs from its start until the next one starts (replacement, not splicing);
+    its last point is held after it ends. Returns ``(t_ns[n], positions[n, J])``.
+    """
+    times: list[np.ndarray] = []
+    values: list[np.ndarray] = []
+    for i, (start_ns, offsets_ns, positions) in enumerate(segments):
+        t = int(start_ns) + np.asarray(offsets_ns, dtype=np.int64)
+        p = np.asarray(positions, dtype=np.float64)
+        if p.ndim != 2 or p.shape[0] != t.size or t.size == 0:
+            raise ValueError(f"trajectory {i}: need [k, joints] positions for k = {t.size} points, got {p.shape}")
+        if i + 1 < len(segments):
+            next_start = int(segments[i + 1][0])
+            cut = t < next_start
+            if not cut.any():
+                continue  # replaced before its first point was reached
+            if not cut.all():
+                # Hold the position the controller had reached when the replacement arrived.
+                at = np.array([next_start - 1], dtype=np.int64)
+                held = np.array([[np.interp(at[0], t, p[:, j]) for j in range(p.shape[1])]])
+                t, p = np.concatenate([t[cut], at]), np.concatenate([p[cut], held])
+        times.append(t)
+        values.append(p)
+    if not times:
+        return np.zeros(0, dtype=np.int64), np.zeros((0, 0))
+    joint_counts = {v.shape[1] for v in values}
+    if len(joint_counts) != 1:
+        raise ValueError(f"trajectories disagree on the number of joints: {sorted(joint_counts)}")
+    t_all, p_all = np.concatenate(times), np.concatenate(values)
+    return _sorted_unique(t_all, p_all)

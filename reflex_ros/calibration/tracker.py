@@ -1,0 +1,140 @@
+"""Passive latency learning: latency_compensation_ms from the real control loop, never a probe.
+
+Moving a robot to measure it could surprise someone standing next to an arm in an unsafe
+pose, so the tracker only *watches*: every published chunk reports its observation-to-publish
+latency, and the actuation-lag estimator (commanded vs measured joint positions of motion
+the policy commanded anyway) reports how long the arm takes to follow.
+
+The loop latency the robot really has is ``p95(observation-to-publish) + actuation lag``:
+p95 of the rolling window (100 samples) so 19 chunks in 20 are compensated fully, plus the
+median of the last few lag estimates (one noisy estimate should not move the arm's timing).
+The lag is added when the value is computed rather than baked into each sample, so a new
+lag estimate takes effect at once instead of after the window turns over.
+
+Stability rule (the seed's): once the window has >= 30 samples, every ``check_every``
+samples is a check; when the loop latency has stayed within 5 ms of the previous check for 3
+consecutive checks, the tracker emits it. Afterwards it emits again only when a new stable
+value differs from the last emitted one by more than 5 ms, so a parameter does not flicker
+by tenths of a millisecond. An explicit latency_compensation_ms turns updates off.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import deque
+
+import numpy as np
+
+WINDOW = 100
+MIN_SAMPLES = 30
+STABILITY_MS = 5.0
+STABLE_CHECKS = 3
+CHECK_EVERY = 5
+LAG_ESTIMATES_KEPT = 5
+PERCENTILE = 95.0
+
+
+class LatencyTracker:
+    """Rolling-window loop-latency learner (see the module docstring).
+
+    ``add`` returns the new latency_compensation_ms when an update is due, else None.
+    """
+
+    def __init__(
+        self,
+        *,
+        window: int = WINDOW,
+        min_samples: int = MIN_SAMPLES,
+        stability_ms: float = STABILITY_MS,
+        stable_checks: int = STABLE_CHECKS,
+        check_every: int = CHECK_EVERY,
+        enabled: bool = True,
+    ) -> None:
+        if not (1 <= min_samples <= window):
+            raise ValueError(f"need 1 <= min_samples <= window, got {min_samples}, {window}")
+        if stable_checks < 1 or check_every < 1 or stability_ms < 0:
+            raise ValueError("stable_checks and check_every must be >= 1 and stability_ms >= 0")
+        self.window = window
+        self.min_samples = min_samples
+        self.stability_ms = stability_ms
+        self.stable_checks = stable_checks
+        self.check_every = check_every
+        self.enabled = enabled
+        self._samples: deque[float] = deque(maxlen=window)
+        self._lags: deque[float] = deque(maxlen=LAG_ESTIMATES_KEPT)
+        self._since_check = 0
+        self._last_check: float | None = None
+        self._stable_run = 0
+        self._emitted: float | None = None
+        self.n_total = 0
+
+    # -- inputs
+
+    def record_actuation_lag(self, lag_ms: float) -> None:
+        """One actuation-lag estimate (ms); non-finite or negative estimates are ignored."""
+        if lag_ms is not None and math.isfinite(lag_ms) and lag_ms >= 0:
+            self._lags.append(float(lag_ms))
+
+    def add(self, obs_to_publish_ms: float) -> float | None:
+        """Record one chunk's observation-to-publish latency; maybe return a new value."""
+        if obs_to_publish_ms is None or not math.isfinite(obs_to_publish_ms) or obs_to_publish_ms < 0:
+            return None
+        self._samples.append(float(obs_to_publish_ms))
+        self.n_total += 1
+        if not self.enabled or len(self._samples) < self.min_samples:
+            return None
+        self._since_check += 1
+        if self._last_check is not None and self._since_check < self.check_every:
+            return None
+        return self._check()
+
+    # -- state
+
+    @property
+    def actuation_lag_ms(self) -> float | None:
+        return statistics.median(self._lags) if self._lags else None
+
+    @property
+    def n_samples(self) -> int:
+        return len(self._samples)
+
+    @property
+    def learned_ms(self) -> float | None:
+        """The last value emitted (None before the first update)."""
+        return self._emitted
+
+    def loop_latency_ms(self) -> float | None:
+        """p95 of the window plus the actuation lag (None on an empty window)."""
+        if not self._samples:
+            return None
+        p95 = float(np.percentile(np.fromiter(self._samples, dtype=np.float64), PERCENTILE))
+        return p95 + (self.actuation_lag_ms or 0.0)
+
+    def state(self) -> str:
+        """Short text for diagnostics: "warming 12/30", "stabilising 1/3", "learned 83.2 ms"."""
+        if not self.enabled:
+            return "explicit (learning off)"
+        if self._emitted is not None:
+            return f"learned {self._emitted:.1f} ms"
+        if len(self._samples) < self.min_samples:
+            return f"warming {len(self._samples)}/{self.min_samples}"
+        return f"stabilising {self._stable_run}/{self.stable_checks}"
+
+    # -- the rule
+
+    def _check(self) -> float | None:
+        self._since_check = 0
+        value = self.loop_latency_ms()
+        assert value is not None
+        previous, self._last_check = self._last_check, value
+        if previous is None or abs(value - previous) > self.stability_ms:
+            self._stable_run = 0
+            return None
+        self._stable_run += 1
+        if self._stable_run < self.stable_checks:
+            return None
+        if self._emitted is not None and abs(value - self._emitted) <= self.stability_ms:
+            return None
+        self._emitted = round(value, 1)
+        return self._emitted
