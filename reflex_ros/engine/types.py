@@ -17,6 +17,13 @@ class ReflexError(Exception):
     """Base class for errors a user can act on. The message names the thing and the fix."""
 
 
+class UsageError(ReflexError, ValueError):
+    """A value the caller chose is not allowed (an unsupported NFE, cfg_beta < 1, ...).
+
+    Also a ValueError, so code that validates parameters with ``except ValueError`` keeps
+    working, while code that reports user errors catches every ReflexError in one place."""
+
+
 class ExportError(ReflexError):
     """An export directory is missing, corrupt, or does not match its reflex_config.json."""
 

@@ -1,0 +1,215 @@
+"""Verified parity: the served ONNX path against the torch reference, on seeded fixtures.
+
+The check compares what a robot would actually get: the ONNX engine's full NFE loop
+(decomposed: prefix once + NFE expert calls through the same numpy Euler loop the runtime
+serves with; monolithic: the unrolled graph) against torch ``sample_actions`` from the same
+observation and noise. A single-step check would miss error that accumulates over the loop.
+
+The report types and table are torch-free; only :func:`run_parity` imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from reflex_ros.engine.types import Observation, ParityError
+
+DEFAULT_THRESHOLD = 1e-4
+STRICT_THRESHOLD = 1e-5
+DEFAULT_FIXTURES = 4
+FIXTURE_CFG_BETA = 2.0  # odd fixtures run the decomposed graph with CFG (batch 2)
+
+_WORDS = ("pick", "place", "the", "red", "blue", "cube", "into", "bowl", "open", "drawer", "gently", "left")
+
+
+def resolve_threshold(threshold: float | None = None, strict: bool = False) -> float:
+    """An explicit threshold wins; otherwise 1e-5 with ``strict`` and 1e-4 without (seed 002)."""
+    if threshold is not None:
+        value = float(threshold)
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(f"parity threshold must be a positive number, got {threshold!r}")
+        return value
+    return STRICT_THRESHOLD if strict else DEFAULT_THRESHOLD
+
+
+@dataclass
+class FixtureResult:
+    """One fixture through one graph variant."""
+
+    variant: str
+    fixture_idx: int
+    nfe: int
+    cfg_beta: float | None
+    max_abs_diff: float
+    mean_abs_diff: float
+    passed: bool
+
+
+@dataclass
+class ParityReport:
+    """All fixture results of one parity run; ``passed`` only if every fixture passed."""
+
+    threshold: float
+    results: list[FixtureResult] = field(default_factory=list)
+    export_dir: str | None = None
+
+    @property
+    def max_abs_diff_across_all(self) -> float:
+        return max((r.max_abs_diff for r in self.results), default=math.inf)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.results) and all(r.passed for r in self.results)
+
+    def by_variant(self) -> dict[str, float]:
+        """variant -> its max_abs_diff (what the export records per graph)."""
+        out: dict[str, float] = {}
+        for r in self.results:
+            out[r.variant] = max(out.get(r.variant, 0.0), r.max_abs_diff)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``--output-json`` document (CI reads ``passed`` and ``max_abs_diff_across_all``)."""
+        return {
+            "export_dir": self.export_dir,
+            "threshold": self.threshold,
+            "passed": self.passed,
+            "max_abs_diff_across_all": self.max_abs_diff_across_all,
+            "max_abs_diff_by_variant": self.by_variant(),
+            "fixtures": [asdict(r) for r in self.results],
+        }
+
+    def write_json(self, path: Path | str) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+    def format_table(self) -> str:
+        """The per-fixture table in the style of Reflex's parity output (seeds 002/003)."""
+        lines: list[str] = []
+        for variant in dict.fromkeys(r.variant for r in self.results):
+            rows = [r for r in self.results if r.variant == variant]
+            lines.append(f"Per-fixture results ({variant}, nfe={rows[0].nfe})")
+            lines.append(f"{'fixture_idx':<12}{'max_abs_diff':<14}{'mean_abs_diff':<15}{'passed':<8}cfg_beta")
+            for r in rows:
+                cfg = "-" if r.cfg_beta is None else f"{r.cfg_beta:g}"
+                lines.append(
+                    f"{r.fixture_idx:<12}{r.max_abs_diff:<14.2e}{r.mean_abs_diff:<15.2e}"
+                    f"{'PASS' if r.passed else 'FAIL':<8}{cfg}"
+                )
+        lines.append("Summary")
+        lines.append(f"{'max_abs_diff_across_all':<25}{self.max_abs_diff_across_all:.2e}")
+        lines.append(f"{'threshold':<25}{self.threshold:.0e}")
+        lines.append(f"{'passed':<25}{'PASS' if self.passed else 'FAIL'}")
+        return "\n".join(lines)
+
+
+class ParityCheckFailed(ParityError):
+    """Parity failed; carries the full report so callers can print the table / JSON."""
+
+    def __init__(self, message: str, report: ParityReport):
+        super().__init__(message)
+        self.report = report
+
+
+@dataclass
+class Fixture:
+    """A seeded observation + noise; every variant and both engines see the same one."""
+
+    idx: int
+    obs: Observation
+    noise: np.ndarray  # (chunk_size, action_dim) float32
+    cfg_beta: float | None
+
+
+def make_fixtures(policy_config: Any, count: int = DEFAULT_FIXTURES, seed: int = 0) -> list[Fixture]:
+    """``count`` fixtures: random images, a random-length state (exercises the zero padding),
+    a random instruction and standard-normal noise, all from ``seed + idx``."""
+    if count < 1:
+        raise ValueError(f"parity needs at least 1 fixture, got {count}")
+    c = policy_config
+    out = []
+    for idx in range(count):
+        rng = np.random.default_rng([seed, idx])
+        images = [
+            rng.integers(0, 256, size=(c.image_size, c.image_size, 3), dtype=np.uint8) for _ in range(c.num_cameras)
+        ]
+        state_dim = int(rng.integers(1, c.max_state_dim + 1))
+        state = rng.uniform(-1.5, 1.5, size=state_dim).astype(np.float32)
+        instruction = " ".join(rng.choice(_WORDS, size=int(rng.integers(2, 7))))
+        noise = rng.standard_normal((c.chunk_size, c.action_dim), dtype=np.float32)
+        cfg_beta = FIXTURE_CFG_BETA if idx % 2 else None
+        out.append(Fixture(idx, Observation(images, state, instruction, stamp_ns=idx), noise, cfg_beta))
+    return out
+
+
+def compare(onnx_actions: np.ndarray, torch_actions: np.ndarray) -> tuple[float, float]:
+    """(max_abs_diff, mean_abs_diff); NaN anywhere counts as an infinite difference."""
+    diff = np.abs(np.asarray(onnx_actions, np.float64) - np.asarray(torch_actions, np.float64))
+    if diff.size == 0 or not np.all(np.isfinite(diff)):
+        return math.inf, math.inf
+    return float(diff.max()), float(diff.mean())
+
+
+def run_parity(
+    export_dir: Path | str,
+    model: Any,
+    *,
+    threshold: float,
+    fixtures: int = DEFAULT_FIXTURES,
+    seed: int = 0,
+    variants: tuple[str, ...] | None = None,
+) -> ParityReport:
+    """Run every fixture through each ONNX variant in ``export_dir`` and through ``model``.
+
+    ``model`` is the torch FlowPolicy the graphs were exported from (or loaded from the
+    export's own weights, for validate). The ONNX side is the real serving engine on CPU, so
+    preprocessing, binding and the Euler loop are all inside the comparison.
+    """
+    import torch
+
+    from reflex_ros.engine.bundle import MONOLITHIC, load_bundle
+    from reflex_ros.engine.onnx_runtime import OnnxEngine
+    from reflex_ros.engine.preprocess import prepare_inputs
+    from reflex_ros.engine.sampler import sample_actions
+
+    bundle = load_bundle(export_dir)
+    report = ParityReport(threshold=threshold, export_dir=str(export_dir))
+    model = model.eval()
+    param = next(model.parameters())
+    device, dtype = param.device, param.dtype
+    for variant in variants or bundle.variants:
+        engine = OnnxEngine(export_dir, provider="CPUExecutionProvider", variant=variant, bundle=bundle)
+        try:
+            nfe = bundle.default_nfe(variant)
+            policy_config = engine.policy_config
+            for fx in make_fixtures(policy_config, fixtures, seed):
+                cfg_beta = None if variant == MONOLITHIC else fx.cfg_beta
+                got = engine.infer(fx.obs, nfe=nfe, cfg_beta=cfg_beta, noise=fx.noise).actions
+                inputs = prepare_inputs(fx.obs, policy_config, cfg_beta)
+                with torch.inference_mode():
+                    ref = sample_actions(
+                        model,
+                        torch.from_numpy(inputs["images"]).to(device),
+                        torch.from_numpy(inputs["lang_tokens"]).to(device),
+                        torch.from_numpy(inputs["lang_mask"]).to(device),
+                        torch.from_numpy(inputs["state"]).to(device, dtype),
+                        torch.from_numpy(fx.noise[None]).to(device, dtype),
+                        nfe,
+                        cfg_beta=cfg_beta,
+                    )
+                want = ref.detach().float().cpu().numpy().reshape(got.shape)
+                max_abs, mean_abs = compare(got, want)
+                report.results.append(
+                    FixtureResult(variant, fx.idx, nfe, cfg_beta, max_abs, mean_abs, max_abs <= threshold)
+                )
+        finally:
+            engine.close()
+    return report
