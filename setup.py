@@ -16,6 +16,8 @@ setup(
         (f"share/{PACKAGE}/launch", glob("launch/*.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml")),
         (f"share/{PACKAGE}/config/embodiments", glob("config/embodiments/*.yaml")),
+        # the executable launch files name (ros2 launch looks in lib/<package>)
+        (f"lib/{PACKAGE}", ["scripts/policy_node"]),
     ],
     python_requires=">=3.10",
     install_requires=["numpy", "PyYAML"],

@@ -1,0 +1,153 @@
+"""sensor_msgs -> numpy: real rclpy messages and rosbags-deserialized ones through the same code."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sensor_msgs.msg import Image, JointState
+
+from reflex_ros.engine.types import ObservationError
+from reflex_ros.ros.conversions import (
+    image_to_rgb,
+    joint_state_to_vector,
+    ns_to_sec_nanosec,
+    resize_rgb,
+    stamp_to_ns,
+)
+
+RNG = np.random.default_rng(0)
+
+
+def _image(pixels: np.ndarray, encoding: str, pad: int = 0) -> Image:
+    """An rclpy Image with ``pad`` bytes of row padding after each row."""
+    h, w = pixels.shape[:2]
+    c = 1 if pixels.ndim == 2 else pixels.shape[2]
+    rows = pixels.reshape(h, w * c)
+    padded = np.concatenate([rows, np.full((h, pad), 77, np.uint8)], axis=1)
+    msg = Image(height=h, width=w, encoding=encoding, step=w * c + pad)
+    msg.data = padded.tobytes()
+    return msg
+
+
+@pytest.mark.parametrize("pad", [0, 5])
+@pytest.mark.parametrize("encoding", ["rgb8", "bgr8", "rgba8", "bgra8", "mono8"])
+def test_every_encoding_decodes_to_rgb(encoding: str, pad: int) -> None:
+    rgb = RNG.integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    alpha = np.full((5, 7, 1), 9, np.uint8)
+    src = {
+        "rgb8": rgb,
+        "bgr8": rgb[:, :, ::-1],
+        "rgba8": np.concatenate([rgb, alpha], axis=2),
+        "bgra8": np.concatenate([rgb[:, :, ::-1], alpha], axis=2),
+        "mono8": rgb[:, :, 0],
+    }[encoding]
+    expect = rgb if encoding != "mono8" else np.repeat(rgb[:, :, :1], 3, axis=2)
+    msg = _image(np.ascontiguousarray(src), encoding, pad)
+    decoded = image_to_rgb(msg, 7, "/cam")  # 5x7 -> 7x7 stretches rows only
+    assert decoded.shape == (7, 7, 3) and decoded.dtype == np.uint8
+    # columns are untouched by a height-only resize: first and last rows are exact
+    np.testing.assert_array_equal(decoded[0], expect[0])
+    np.testing.assert_array_equal(decoded[-1], expect[-1])
+    square = _image(np.ascontiguousarray(src[:, :5]), encoding, pad)
+    np.testing.assert_array_equal(image_to_rgb(square, 5, "/cam"), expect[:, :5])
+
+
+def test_unsupported_encoding_names_topic_and_encoding() -> None:
+    msg = _image(np.zeros((4, 4), np.uint16).view(np.uint8).reshape(4, 8), "mono8")
+    msg.encoding = "mono16"
+    with pytest.raises(ObservationError, match=r"/wrist/image_raw.*mono16"):
+        image_to_rgb(msg, 4, "/wrist/image_raw")
+
+
+def test_data_length_mismatch_names_expected_length() -> None:
+    msg = _image(np.zeros((4, 4, 3), np.uint8), "rgb8")
+    msg.data = bytes(47)
+    with pytest.raises(ObservationError, match=r"/cam.*rgb8.*47 bytes, expected 48"):
+        image_to_rgb(msg, 4, "/cam")
+    msg = _image(np.zeros((4, 4, 3), np.uint8), "rgb8")
+    msg.step = 10
+    with pytest.raises(ObservationError, match="step 10"):
+        image_to_rgb(msg, 4, "/cam")
+
+
+def test_resize_keeps_constant_images_and_shapes() -> None:
+    flat = np.full((480, 640, 3), (10, 200, 30), np.uint8)
+    out = resize_rgb(flat, 224)
+    assert out.shape == (224, 224, 3)
+    assert (out == np.array([10, 200, 30], np.uint8)).all()
+    up = resize_rgb(np.arange(4, dtype=np.uint8).reshape(2, 2, 1).repeat(3, axis=2) * 60, 8)
+    assert up.shape == (8, 8, 3) and up[0, 0, 0] == 0 and up[-1, -1, 0] == 180
+    # left half dark, right half bright survives downscaling on the right side
+    split = np.zeros((100, 100, 3), np.uint8)
+    split[:, 50:] = 255
+    small = resize_rgb(split, 10)
+    assert small[:, :4].max() == 0 and small[:, 6:].min() == 255
+
+
+def test_rosbags_messages_decode_like_rclpy() -> None:
+    from rosbags.typesys import Stores, get_typestore
+
+    store = get_typestore(Stores.ROS2_HUMBLE)
+    ImageT = store.types["sensor_msgs/msg/Image"]
+    HeaderT = store.types["std_msgs/msg/Header"]
+    TimeT = store.types["builtin_interfaces/msg/Time"]
+    JointStateT = store.types["sensor_msgs/msg/JointState"]
+    rgb = RNG.integers(0, 256, (3, 3, 3), dtype=np.uint8)
+    header = HeaderT(stamp=TimeT(sec=12, nanosec=345), frame_id="cam")
+    img = ImageT(header=header, height=3, width=3, encoding="bgr8", is_bigendian=0, step=9,
+                 data=rgb[:, :, ::-1].reshape(-1).copy())
+    np.testing.assert_array_equal(image_to_rgb(img, 3, "/bag/cam"), rgb)
+    assert stamp_to_ns(img.header.stamp) == 12_000_000_345
+    js = JointStateT(header=header, name=["b", "a"], position=np.array([2.0, 1.0]),
+                     velocity=np.array([]), effort=np.array([]))
+    np.testing.assert_array_equal(joint_state_to_vector(js, ["a", "b"]), [1.0, 2.0])
+
+
+def test_joint_state_by_name_not_index() -> None:
+    msg = JointState(name=["wrist", "extra", "shoulder", "elbow"], position=[3.0, 9.0, 1.0, 2.0])
+    vec = joint_state_to_vector(msg, ["shoulder", "elbow", "wrist"])
+    assert vec.dtype == np.float32
+    np.testing.assert_array_equal(vec, [1.0, 2.0, 3.0])
+
+
+def test_joint_state_missing_joint_names_it_and_lists_available() -> None:
+    msg = JointState(name=["a", "b"], position=[0.0, 0.0])
+    with pytest.raises(ObservationError, match=r"/joint_states.*'gripper'.*\['a', 'b'\]"):
+        joint_state_to_vector(msg, ["a", "gripper"], "/joint_states")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_joint_state_non_finite_names_the_joint(bad: float) -> None:
+    msg = JointState(name=["a", "elbow"], position=[0.0, bad])
+    with pytest.raises(ObservationError, match="'elbow'"):
+        joint_state_to_vector(msg, ["a", "elbow"])
+
+
+def test_joint_state_name_position_length_mismatch() -> None:
+    msg = JointState(name=["a", "b"], position=[0.0])
+    with pytest.raises(ObservationError, match="2 names but 1 positions"):
+        joint_state_to_vector(msg, ["a"])
+
+
+@pytest.mark.parametrize("ns", [0, 1, 999_999_999, 1_000_000_000, 1_700_000_000_123_456_789, -1])
+def test_stamp_round_trip(ns: int) -> None:
+    from builtin_interfaces.msg import Time
+
+    sec, nanosec = ns_to_sec_nanosec(ns)
+    assert 0 <= nanosec < 1_000_000_000
+    if ns >= 0:
+        assert stamp_to_ns(Time(sec=sec, nanosec=nanosec)) == ns
+    else:
+        assert sec * 1_000_000_000 + nanosec == ns
+
+
+def test_ros_free_modules_do_not_import_rclpy() -> None:
+    """Bag replay and the calibrator use these without a ROS installation."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import reflex_ros.ros.conversions, reflex_ros.ros.sync, reflex_ros.ros.chunking, "
+            "reflex_ros.ros.runner, reflex_ros.ros.motion_history, reflex_ros.calibration.embodiment; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('rclpy', 'torch')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]"

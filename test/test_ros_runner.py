@@ -1,0 +1,181 @@
+"""`reflex-ros run` as a user runs it, the launch file, and config/policy.yaml.
+
+The CLI runs as a real process in its own process group; SIGINT to that group is what a
+terminal's Ctrl-C does. launch_ros is not installable here, so the launch file is compiled
+and its arguments and parameters checked against the node's declared parameters.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import yaml
+from _ros_harness import RosHarness, wait_for
+
+from reflex_ros.ros import params as P
+from reflex_ros.ros.runner import node_command, ros_environment
+
+REPO = Path(__file__).resolve().parent.parent
+LAUNCH = REPO / "launch" / "policy.launch.py"
+POLICY_YAML = REPO / "config" / "policy.yaml"
+
+
+class _Cli:
+    """`python -m reflex_ros.cli run ...` with its output collected line by line."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "reflex_ros.cli", "run", *args], stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, start_new_session=True, env=ros_environment())
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def has(self, text: str) -> bool:
+        return any(text in line for line in list(self.lines))
+
+    def wait(self, timeout_s: float = 120.0) -> int:
+        try:
+            return self.proc.wait(timeout=timeout_s)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+        self._reader.join(timeout=10)
+
+
+def test_run_streams_log_publishes_and_ctrl_c_shuts_down_in_order(tiny_export: Path) -> None:
+    cli = _Cli(str(tiny_export), "--embodiment", "so100", "--node-name", "reflex_run_test",
+               "--ros-args", "-p", "execute_steps:=3")
+    robot = RosHarness(node_fqn="/reflex_run_test")
+    try:
+        wait_for(lambda: cli.has("active; Ctrl-C to stop") or cli.proc.poll() is not None, 120, "the node to activate")
+        assert cli.proc.poll() is None, "\n".join(cli.lines)
+        assert cli.has("[reflex_run_test]: configured in")  # the node's own log is streamed
+        robot.feed(True, rate_hz=30.0)
+        robot.wait_chunks(2, timeout_s=90)
+        assert robot.get_params("execute_steps") == [3]  # --ros-args reached the node
+        os.killpg(cli.proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        assert cli.wait() == 0, "\n".join(cli.lines)
+        assert cli.has("stopping: deactivate -> cleanup -> shutdown")
+        assert cli.has("inactive: published a hold-position trajectory")
+        assert cli.has("cleaned up: engine released")
+    finally:
+        robot.close()
+        cli.close()
+
+
+def test_run_exits_2_with_the_nodes_reason_when_configure_fails(tmp_path: Path) -> None:
+    not_an_export = tmp_path / "empty"
+    not_an_export.mkdir()
+    cli = _Cli(str(not_an_export), "--embodiment", "so100", "--node-name", "reflex_run_fail")
+    assert cli.wait() == 2
+    assert cli.has("reflex-ros run: configure failed:") and cli.has("reflex_config.json")
+    cli = _Cli(str(tmp_path / "missing"))
+    assert cli.wait() == 2 and cli.has("does not exist")
+
+
+def test_node_command_matches_the_launch_files_parameters(tmp_path: Path) -> None:
+    cmd = node_command(tmp_path, embodiment="so100", params_file=POLICY_YAML, auto_calibrate=True,
+                       ros_args=["--ros-args", "-p", "nfe:=4"])
+    assert cmd[1:3] == ["-m", "reflex_ros.ros.policy_node"]
+    i = cmd.index("--params-file")
+    assert cmd[i + 1] == str(POLICY_YAML)
+    tail = cmd[i + 2:]
+    assert tail == ["-p", f'export_dir:="{tmp_path.resolve()}"', "-p", 'embodiment:="so100"',
+                    "-p", "auto_calibrate:=true", "-p", "nfe:=4"]
+    env = ros_environment({"ROS_DOMAIN_ID": "7"}, domain_id=42)
+    assert env["ROS_DOMAIN_ID"] == "42" and env["PYTHONUNBUFFERED"] == "1" and env["AMENT_PREFIX_PATH"]
+
+
+def _launch_tree() -> ast.Module:
+    source = LAUNCH.read_text()
+    compile(source, str(LAUNCH), "exec")
+    return ast.parse(source)
+
+
+def _calls(tree: ast.AST, name: str) -> list[ast.Call]:
+    return [n for n in ast.walk(tree) if isinstance(n, ast.Call) and
+            getattr(n.func, "id", getattr(n.func, "attr", None)) == name]
+
+
+def test_launch_file_declares_the_arguments_and_autostarts() -> None:
+    tree = _launch_tree()
+    args = {c.args[0].value for c in _calls(tree, "DeclareLaunchArgument")}
+    assert args == {"export_dir", "embodiment", "auto_calibrate", "params_file"}
+    (node,) = _calls(tree, "LifecycleNode")
+    kw = {k.arg: k.value for k in node.keywords}
+    assert kw["package"].value == "reflex_ros" and kw["name"].value == "reflex_policy"
+    params = kw["parameters"]
+    passed = {k.value for d in ast.walk(params) if isinstance(d, ast.Dict) for k in d.keys}
+    assert passed == {"export_dir", "embodiment", "auto_calibrate"} and passed <= set(P.SPECS)
+    transitions = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr.startswith("TRANSITION_")}
+    assert transitions == {"TRANSITION_CONFIGURE", "TRANSITION_ACTIVATE"}
+    handler = _calls(tree, "OnStateTransition")[0]
+    hk = {k.arg: getattr(k.value, "value", None) for k in handler.keywords}
+    assert (hk["start_state"], hk["goal_state"]) == ("configuring", "inactive")
+    assert any(isinstance(f, ast.FunctionDef) and f.name == "generate_launch_description" for f in tree.body)
+
+
+def test_policy_yaml_documents_every_parameter_and_sets_only_known_ones() -> None:
+    text = POLICY_YAML.read_text()
+    data = yaml.safe_load(text)
+    given = data["/**"]["ros__parameters"]
+    assert set(given) <= set(P.SPECS)
+    for name in P.SPECS:  # every parameter appears, set or commented out, with a comment above
+        lines = text.splitlines()
+        idx = next((i for i, line in enumerate(lines) if line.strip().lstrip("# ").startswith(f"{name}:")), None)
+        assert idx is not None, f"{name} missing from policy.yaml"
+        assert lines[idx - 1].strip().startswith("#"), f"{name} has no comment"
+    # values an embodiment or the calibrator supply must not be pinned by default
+    assert not (set(given) & (set(P.EMBODIMENT_BACKED) | set(P.CALIBRATED) | {"provider", "dtype"}))
+    for name, value in given.items():
+        spec = P.SPECS[name]
+        assert P.check_value(name, value) is None
+        kinds = {bool: bool, int: int, float: float, str: str, "str[]": list, "float[]": list}
+        assert isinstance(value, kinds[spec.kind]), name
+
+
+@pytest.mark.parametrize("name", sorted(P.SPECS))
+def test_every_parameter_has_a_descriptor_with_description_and_range(name: str) -> None:
+    spec = P.SPECS[name]
+    desc = spec.descriptor()
+    assert desc.description and desc.name == name
+    if spec.kind in (int, float):
+        assert desc.integer_range or desc.floating_point_range, f"{name} has no range"
+
+
+def test_node_run_directly_shuts_down_cleanly_on_sigint(tiny_export: Path) -> None:
+    """`python -m reflex_ros.ros.policy_node` alone: SIGINT while active holds and cleans up."""
+    from reflex_ros.ros.runner import PolicyNodeProcess
+
+    node = PolicyNodeProcess(tiny_export, embodiment="so100", node_name="reflex_direct", log=lambda line: None)
+    try:
+        with node:
+            robot = RosHarness(node_fqn=node.fqn)
+            try:
+                robot.feed(True, rate_hz=30.0)
+                robot.wait_chunks(1, timeout_s=90)
+                os.kill(node.pid, signal.SIGINT)
+                wait_for(lambda: not node.alive, 60, "the node to exit on SIGINT")
+            finally:
+                robot.close()
+        assert node.returncode == 0
+        text = "\n".join(node.lines)
+        assert "inactive: published a hold-position trajectory" in text and "cleaned up" in text
+    finally:
+        node.kill()
