@@ -49,6 +49,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--compare", action="store_true",
                    help="issue-6 table: eager fp32, eager bf16, CUDA Graph bf16, floor (needs --model and CUDA)")
     p.add_argument("--nfe-sweep", action="store_true", help="with --compare: CUDA Graph bf16 at NFE 1,2,4,8,10")
+    p.add_argument("--graph-reference", action="store_true",
+                   help="with --compare: also a CUDA Graph bf16 row of the reference (unfused) model code")
     p.set_defaults(func=handler)
 
 
@@ -202,10 +204,11 @@ def _measure_row(name: str, engine: Any, *, iters: int, warmup: int, nfe: int, c
 
 def run_compare(preset: str, *, iters: int, warmup: int, nfe: int = 10, cfg_beta: float | None = None,
                 nfe_sweep: bool = False, num_cameras: int | None = None, device: str = "cuda",
-                log=print) -> tuple[list[CompareRow], Any]:
+                graph_reference: bool = False, log=print) -> tuple[list[CompareRow], Any]:
     """Eager fp32 -> reference fixtures; then eager bf16 and CUDA Graph bf16 (and CFG / sweep)
     on a bf16 copy; then the floor. The fp32 model is freed before the bf16 rows so their
-    peak memory is their own."""
+    peak memory is their own. ``graph_reference`` adds a CUDA Graph row of the unfused
+    reference model code (what the graphs ran before the fused path)."""
     import gc
 
     import torch
@@ -234,8 +237,16 @@ def run_compare(preset: str, *, iters: int, warmup: int, nfe: int = 10, cfg_beta
     rows.append(_measure_row("eager bf16", eager, iters=iters, warmup=warmup, nfe=nfe, cfg_beta=None,
                              reference=reference, fixtures=fixtures))
     eager.close()
+    if graph_reference:
+        plain = TorchEngine(bf16_model, device=device, dtype="bf16", cuda_graph=True, fused=False)
+        log("[compare] CUDA graph bf16, reference model code")
+        rows.append(_measure_row("cuda graph bf16 (unfused)", plain, iters=iters, warmup=warmup, nfe=nfe,
+                                 cfg_beta=None, reference=reference, fixtures=fixtures))
+        plain.close()
+        gc.collect()
+        torch.cuda.empty_cache()
     graph = TorchEngine(bf16_model, device=device, dtype="bf16", cuda_graph=True)
-    log("[compare] CUDA graph bf16")
+    log(f"[compare] CUDA graph bf16 (graph path: {graph.info.extra.get('graph_path')})")
     rows.append(_measure_row("cuda graph bf16", graph, iters=iters, warmup=warmup, nfe=nfe, cfg_beta=None,
                              reference=reference, fixtures=fixtures))
     if cfg_beta is not None:
@@ -280,7 +291,8 @@ def _compare_cli(args: argparse.Namespace) -> int:
               "`reflex-ros bench --model PRESET`", file=sys.stderr)
         return EXIT_ERROR
     rows, floor = run_compare(args.model, iters=args.iters, warmup=args.warmup, nfe=args.nfe,
-                              cfg_beta=args.cfg_beta, nfe_sweep=args.nfe_sweep, num_cameras=args.num_cameras)
+                              cfg_beta=args.cfg_beta, nfe_sweep=args.nfe_sweep, num_cameras=args.num_cameras,
+                              graph_reference=args.graph_reference)
     print(f"model={args.model} nfe={args.nfe} batch=1 device={torch.cuda.get_device_name()} "
           f"torch={torch.__version__}")
     print(f"iterations: {args.iters} timed after {args.warmup} warm-up per row; ms per chunk; "

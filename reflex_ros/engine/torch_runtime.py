@@ -9,17 +9,28 @@ Why two graphs (prefix, denoise) rather than one: CUDA events recorded on the st
 the two replays give the prefix/denoise split for free (no sync, ~a few us of launch), and the
 split is what the latency tracker and the bench report. Both graphs of a plan share one
 memory pool and are always replayed in capture order, which is what pool sharing requires.
+
+What the graphs run: by default the fused fast path (:mod:`reflex_ros.engine.fused`: one
+preallocated K/V buffer, RoPE/attention/gated-GELU as single kernels, residual adds fused
+into the GEMM epilogue or the following norm), else the reference ``FlowPolicy.prefix`` + ``sampler.denoise`` (``fused=False``,
+or a config the fused path does not cover). :meth:`TorchEngine.build_runner` builds the
+static inputs and the two stage functions without capturing, so CPU tests check exactly
+what the GPU captures against the reference.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 
 from reflex_ros.engine.capture_cache import CaptureCache, GraphKey, graph_key
+from reflex_ros.engine.fused import FusedPolicy
+from reflex_ros.engine.fused import supports as fused_supports
 from reflex_ros.engine.model import FlowPolicy
 from reflex_ros.engine.preprocess import make_noise, prepare_inputs, validate_noise
 from reflex_ros.engine.sampler import denoise
@@ -54,6 +65,30 @@ def resolve_device(device: str | torch.device, cuda_graph: bool) -> torch.device
 
 
 @dataclass
+class GraphRunner:
+    """One plan before capture: static input buffers and the two stage functions.
+
+    ``run_denoise(run_prefix())`` computes the chunk from whatever is in ``inputs``; the
+    engine captures each call into a graph, CPU tests call them directly. With the fused path
+    and CFG, ``inputs["images"]`` has batch 1 (both slots share the images).
+    """
+
+    key: GraphKey
+    inputs: dict[str, torch.Tensor]
+    run_prefix: Callable[[], Any]
+    run_denoise: Callable[[Any], torch.Tensor]
+    fused: FusedPolicy | None = None
+    keep: list = field(default_factory=list)  # static state both stages use (fused K/V buffers)
+
+    def stage(self, name: str, arr: np.ndarray) -> np.ndarray:
+        """``arr`` as its static buffer takes it (CFG images: the shared first slot)."""
+        want = self.inputs[name].shape
+        if name == "images" and arr.shape[0] != want[0]:
+            return arr[: want[0]]
+        return arr
+
+
+@dataclass
 class GraphPlan:
     """Everything one captured (nfe, chunk, batch, cfg) needs to replay."""
 
@@ -65,6 +100,7 @@ class GraphPlan:
     actions: torch.Tensor  # static device output [1, C, A] fp32
     actions_host: torch.Tensor  # pinned
     keep: list = field(default_factory=list)  # graph-owned intermediates that must stay alive
+    runner: GraphRunner | None = None
 
 
 class _StageClock:
@@ -95,7 +131,9 @@ class TorchEngine:
     ``model`` is converted to ``device``/``dtype`` in place (the engine takes it over).
     ``cuda_graph=True`` needs a CUDA device; on a CPU-only machine it raises
     ProviderUnavailableError. Graphs are captured lazily on the first inference of each
-    (nfe, chunk, batch, cfg) or eagerly with :meth:`warmup`.
+    (nfe, chunk, batch, cfg) or eagerly with :meth:`warmup`. ``fused`` (default: wherever
+    the config allows) makes the graphs run the fused fast path; eager inference always runs
+    the reference model.
     """
 
     def __init__(
@@ -110,12 +148,19 @@ class TorchEngine:
         default_nfe: int | None = None,
         seed: int = 0,
         max_graphs: int = 8,
+        fused: bool | None = None,
     ) -> None:
         self.device = resolve_device(device, cuda_graph)
         self.dtype = resolve_dtype(dtype)
         self.cuda_graph = bool(cuda_graph)
         self.model: FlowPolicy | None = model.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
         self.cfg = model.cfg
+        if fused and not fused_supports(self.cfg):
+            raise ValueError(f"fused=True needs num_kv_heads == 1 and a power-of-two head_dim "
+                             f"(got {self.cfg.num_kv_heads}, {self.cfg.head_dim}); use fused=False")
+        self.fused: FusedPolicy | None = (
+            FusedPolicy(self.model) if (fused is None and fused_supports(self.cfg)) or fused else None
+        )
         self.supported_nfe = tuple(int(n) for n in supported_nfe)
         self.default_nfe = check_nfe(
             default_nfe if default_nfe is not None else (10 if 10 in self.supported_nfe else max(self.supported_nfe)),
@@ -127,6 +172,8 @@ class TorchEngine:
         extra = {"preset": cfg.preset, "device": str(self.device), "params": str(model.num_parameters())}
         if self.device.type == "cuda":
             extra["gpu"] = torch.cuda.get_device_name(self.device)
+        if self.cuda_graph:
+            extra["graph_path"] = f"fused-{self.fused.backend}" if self.fused is not None else "reference"
         self.info = EngineInfo(
             engine="torch",
             provider=self.device.type,
@@ -198,6 +245,7 @@ class TorchEngine:
         """Drop graphs, buffers and the model reference, and return cached GPU memory."""
         self.graphs.clear()
         self.model = None
+        self.fused = None
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.empty_cache()
@@ -224,7 +272,7 @@ class TorchEngine:
         plan = self.graphs.get(graph_key(nfe, self.cfg.chunk_size, beta))
         clock.mark()
         for name, arr in arrays.items():
-            plan.host[name].numpy()[...] = arr
+            plan.host[name].numpy()[...] = plan.runner.stage(name, arr)
             plan.inputs[name].copy_(plan.host[name], non_blocking=True)
         if beta is not None:
             plan.inputs["beta"].fill_(beta)
@@ -237,11 +285,11 @@ class TorchEngine:
         clock.marks[-1].synchronize()
         return plan.actions_host[0].numpy().copy()
 
-    def _static_inputs(self, key: GraphKey) -> dict[str, torch.Tensor]:
+    def _static_inputs(self, key: GraphKey, image_batch: int) -> dict[str, torch.Tensor]:
         cfg, dev, B = self.cfg, self.device, key.batch
         s = cfg.image_size
         return {
-            "images": torch.zeros((B, cfg.num_cameras, s, s, 3), dtype=torch.uint8, device=dev),
+            "images": torch.zeros((image_batch, cfg.num_cameras, s, s, 3), dtype=torch.uint8, device=dev),
             "lang_tokens": torch.ones((B, cfg.max_lang_tokens), dtype=torch.int64, device=dev),
             "lang_mask": torch.ones((B, cfg.max_lang_tokens), dtype=torch.bool, device=dev),
             "state": torch.zeros((B, cfg.max_state_dim), dtype=torch.float32, device=dev),
@@ -249,14 +297,24 @@ class TorchEngine:
             "beta": torch.ones((), dtype=torch.float32, device=dev),
         }
 
-    def _capture(self, key: GraphKey) -> GraphPlan:
-        """Warm up on a side stream (lazy inits, cuBLAS/SDPA heuristics), then capture the
-        prefix and the unrolled NFE loop into two graphs sharing one memory pool."""
+    def build_runner(self, key: GraphKey) -> GraphRunner:
+        """Static inputs and the prefix/denoise stage functions of one plan (no capture)."""
         model = self._live_model()
         if key.chunk_size != self.cfg.chunk_size:
             raise ValueError(f"chunk_size {key.chunk_size} != model chunk_size {self.cfg.chunk_size}")
-        inp = self._static_inputs(key)
+        fused = self.fused
+        inp = self._static_inputs(key, image_batch=1 if (fused is not None and key.cfg) else key.batch)
         beta = inp["beta"] if key.cfg else None
+        if fused is not None:
+            buf = fused.allocate(key.batch, key.nfe)
+
+            def fused_prefix() -> None:
+                fused.prefix(buf, inp["images"], inp["lang_tokens"], inp["lang_mask"], inp["state"])
+
+            def fused_denoise(_: Any) -> torch.Tensor:
+                return fused.denoise(buf, inp["noise"], beta)
+
+            return GraphRunner(key, inp, fused_prefix, fused_denoise, fused, keep=[buf])
 
         def run_prefix() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             return model.prefix(inp["images"], inp["lang_tokens"], inp["lang_mask"], inp["state"])
@@ -264,24 +322,32 @@ class TorchEngine:
         def run_denoise(kv: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
             return denoise(model, *kv, inp["noise"], key.nfe, beta)
 
+        return GraphRunner(key, inp, run_prefix, run_denoise)
+
+    def _capture(self, key: GraphKey) -> GraphPlan:
+        """Warm up on a side stream (lazy inits, cuBLAS/SDPA heuristics, Triton JIT), then
+        capture the prefix and the unrolled NFE loop into two graphs sharing one memory pool."""
+        runner = self.build_runner(key)
         with torch.inference_mode():
             side = torch.cuda.Stream(device=self.device)
             side.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(side):
                 for _ in range(2):
-                    run_denoise(run_prefix())
+                    runner.run_denoise(runner.run_prefix())
             torch.cuda.current_stream(self.device).wait_stream(side)
             torch.cuda.synchronize(self.device)
             pool = torch.cuda.graph_pool_handle()
             prefix_graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(prefix_graph, pool=pool):
-                kv = run_prefix()
+                kv = runner.run_prefix()
             denoise_graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(denoise_graph, pool=pool):
-                actions = run_denoise(kv)
+                actions = runner.run_denoise(kv)
+        inp = runner.inputs
         host = {k: torch.empty(v.shape, dtype=v.dtype, pin_memory=True) for k, v in inp.items() if k != "beta"}
         actions_host = torch.empty(actions.shape, dtype=actions.dtype, pin_memory=True)
-        return GraphPlan(key, inp, host, prefix_graph, denoise_graph, actions, actions_host, keep=list(kv))
+        keep = list(kv) if isinstance(kv, tuple) else []
+        return GraphPlan(key, inp, host, prefix_graph, denoise_graph, actions, actions_host, keep=keep, runner=runner)
 
     def _live_model(self) -> FlowPolicy:
         if self.model is None:

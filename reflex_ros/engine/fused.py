@@ -1,0 +1,608 @@
+"""Fused fast path of :class:`~reflex_ros.engine.model.FlowPolicy` for the CUDA Graph engine.
+
+The same math as ``FlowPolicy.prefix`` + ``sampler.denoise``, rearranged for a GPU at batch
+1-2, where the reference spends most of a chunk launching ~5000 kernels of a few
+microseconds each (issue 6's profile: RoPE, concatenations, residual adds, softmax). The
+parameters are the model's own (no copies, no renames); only the order of work changes:
+
+- **one K/V buffer** ``[layers, B, S_pad, head_dim]`` laid out ``[prefix | action | pad]``,
+  allocated once per captured plan. The prefix writes rows ``[0, P)`` of every layer, each
+  denoising step overwrites its own rows ``[P, P+C)``; no ``torch.stack`` / ``torch.cat``.
+  ``S_pad`` rounds up to :data:`KEY_ALIGN` keys; pad keys are masked by the key bias.
+- **RoPE + K/V write** is one kernel per layer: it rotates q and k from the fused QKV
+  projection with precomputed fp32 tables, writes q already folded to (token, head) rows
+  and k, v straight into the K/V buffer.
+- **attention** is one kernel per layer (QK^T, key bias, online softmax, PV), for the
+  expert's 400 query rows and for the prefix's. For the expert's few rows the keys are split
+  over several programs (flash-decoding) and the last program of each row block to finish
+  merges the slices (an atomic arrival counter per row block, reset by that program; calls
+  on one :class:`FusedOps` must therefore be stream-ordered, as graph replays are).
+- the expert's o_proj input is padded to 64 rows, for which cuBLAS picks a faster kernel.
+- **residual adds**: in the expert each one is fused with the RMSNorm after it (one kernel);
+  in the prefix they ride in the GEMM epilogue (``x.addmm_(a, W.T)``: cuBLAS's beta = 1).
+- **gated GELU** (``gelu_tanh(gate) * up``) is one kernel; in the vision tower, bias +
+  residual + the next LayerNorm are one kernel and fc1 + bias + GELU one cuBLASLt call.
+- the GEMMs stay cuBLAS (a Triton skinny GEMM for the expert's 50 rows was measured slower).
+- the **time conditioning** of all NFE steps is one GEMM per chunk, and the action
+  embedding + time MLP run at batch 1 even under CFG (both slots share x and t).
+- under CFG the two slots share their images (``prepare_inputs`` repeats them), so the vision
+  tower runs once.
+- the Euler update (with the CFG combination) is one kernel per step.
+
+Each fused op has two backends: ``triton`` (CUDA) and ``torch`` (the same op spelled in plain
+torch). The CPU tests run the whole fast path with the torch backend against the reference
+at fp32, so the buffer layout, masking and bookkeeping are covered without a GPU; the GPU
+proof checks each Triton kernel against the torch backend. Only multi-query attention
+(``num_kv_heads == 1``, every preset) and power-of-two head dims take this path;
+:func:`supports` says whether a config does.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from reflex_ros.engine.config import PolicyConfig
+from reflex_ros.engine.model import FlowPolicy, rope_tables, time_embedding
+from reflex_ros.engine.schedule import euler_schedule
+
+try:  # Triton ships with CUDA builds of torch; CPU-only installs run the torch backend
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - depends on the install
+    triton = None
+    tl = None
+
+HAVE_TRITON = triton is not None
+#: key-axis padding of the K/V buffer (aligned rows for GEMM fallbacks and vector loads)
+KEY_ALIGN = 16
+#: additive bias of a masked key (fp32; exp underflows to exactly 0, never NaN)
+MASKED = -1.0e30
+BACKENDS = ("triton", "torch")
+
+
+def supports(cfg: PolicyConfig) -> bool:
+    """Whether the fused path handles ``cfg`` (MQA, power-of-two head dim)."""
+    d = cfg.head_dim
+    return cfg.num_kv_heads == 1 and d >= 16 and d & (d - 1) == 0
+
+
+def default_backend(device: torch.device) -> str:
+    """``triton`` on CUDA when Triton imports, else ``torch``. ``REFLEX_FUSED_BACKEND``
+    overrides (e.g. ``triton`` on a CPU with ``TRITON_INTERPRET=1`` to check the kernels)."""
+    forced = os.environ.get("REFLEX_FUSED_BACKEND")
+    if forced:
+        if forced not in BACKENDS:
+            raise ValueError(f"REFLEX_FUSED_BACKEND={forced!r}; expected one of {BACKENDS}")
+        return forced
+    return "triton" if (HAVE_TRITON and device.type == "cuda") else "torch"
+
+
+def padded_keys(cfg: PolicyConfig) -> int:
+    """``S_pad``: prefix + action keys rounded up to :data:`KEY_ALIGN`."""
+    s = cfg.prefix_len + cfg.chunk_size
+    return -(-s // KEY_ALIGN) * KEY_ALIGN
+
+
+# ---------------------------------------------------------------------------------------
+# Triton kernels
+# ---------------------------------------------------------------------------------------
+
+if HAVE_TRITON:
+
+    @triton.jit
+    def _rope_qkv_kernel(qkv_ptr, cos_ptr, sin_ptr, q_ptr, k_ptr, v_ptr, L, H, kv_bstride,
+                         D: tl.constexpr, HALF: tl.constexpr):
+        # one program per (token, head slot); slots 0..H-1 are query heads, H is k, H+1 is v
+        tok = tl.program_id(0)
+        h = tl.program_id(1)
+        b = tok // L
+        t = tok - b * L
+        offs = tl.arange(0, D)
+        src = qkv_ptr + tok * ((H + 2) * D) + h * D
+        x = tl.load(src + offs).to(tl.float32)
+        if h == H + 1:
+            tl.store(v_ptr + b * kv_bstride + t * D + offs, x.to(v_ptr.dtype.element_ty))
+        else:
+            xs = tl.load(src + (offs + HALF) % D).to(tl.float32)  # halves swapped
+            c = tl.load(cos_ptr + tok * D + offs)
+            s = tl.load(sin_ptr + tok * D + offs)  # sign-folded: [-sin, sin]
+            y = x * c + xs * s
+            if h == H:
+                tl.store(k_ptr + b * kv_bstride + t * D + offs, y.to(k_ptr.dtype.element_ty))
+            else:
+                tl.store(q_ptr + (tok * H + h) * D + offs, y.to(q_ptr.dtype.element_ty))
+
+    @triton.jit
+    def _attention_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, o_ptr, part_ptr, ml_ptr, cnt_ptr, R, scale,
+                          q_bstride, kv_bstride, bias_bstride, n_keys: tl.constexpr,
+                          D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                          SPLIT: tl.constexpr, KEYS_PER_SPLIT: tl.constexpr, INLINE: tl.constexpr,
+                          PRECISION: tl.constexpr):
+        # rows of one batch element attend to its first n_keys keys (one shared KV head);
+        # with SPLIT > 1 each program takes one slice of the keys (flash-decoding) and writes
+        # its normalised partial output and (max, sum); the slices are merged by
+        # _attention_combine_kernel, or (INLINE) by the last program of each row block to
+        # finish, found with an atomic counter that it resets for the next call
+        pid = tl.program_id(0)
+        split = tl.program_id(1)
+        b = tl.program_id(2)
+        rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+        rmask = rows < R
+        cols = tl.arange(0, D)
+        q = tl.load(q_ptr + b * q_bstride + rows[:, None] * D + cols[None, :], mask=rmask[:, None], other=0.0)
+        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_M], tl.float32)
+        acc = tl.zeros([BLOCK_M, D], tl.float32)
+        kbase = k_ptr + b * kv_bstride
+        vbase = v_ptr + b * kv_bstride
+        lo = split * KEYS_PER_SPLIT
+        for j in range(0, KEYS_PER_SPLIT, BLOCK_N):
+            keys = lo + j + tl.arange(0, BLOCK_N)
+            kmask = keys < n_keys
+            k = tl.load(kbase + keys[:, None] * D + cols[None, :], mask=kmask[:, None], other=0.0)
+            s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
+            kb = tl.load(bias_ptr + b * bias_bstride + keys, mask=kmask, other=-1.0e30)
+            s = s + kb[None, :]
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            p = tl.exp(s - m_new[:, None])
+            alpha = tl.exp(m_i - m_new)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            v = tl.load(vbase + keys[:, None] * D + cols[None, :], mask=kmask[:, None], other=0.0)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+            m_i = m_new
+        out = acc / tl.maximum(l_i, 1e-30)[:, None]
+        if SPLIT == 1:
+            tl.store(o_ptr + b * q_bstride + rows[:, None] * D + cols[None, :], out.to(o_ptr.dtype.element_ty),
+                     mask=rmask[:, None])
+        else:
+            part = (b * SPLIT + split) * R
+            tl.store(part_ptr + (part + rows[:, None]) * D + cols[None, :], out, mask=rmask[:, None])
+            tl.store(ml_ptr + 2 * part + rows, m_i, mask=rmask)
+            tl.store(ml_ptr + 2 * part + R + rows, l_i, mask=rmask)
+            if INLINE:
+                tl.debug_barrier()  # every thread's partial stores precede the release below
+                counter = cnt_ptr + b * tl.num_programs(0) + pid
+                done = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
+                if done == SPLIT - 1:  # the last slice of this row block: merge all of them
+                    _merge_splits(part_ptr, ml_ptr, o_ptr, b, rows, rmask, cols, R, q_bstride, D, BLOCK_M, SPLIT)
+                    tl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")
+
+    @triton.jit
+    def _merge_splits(part_ptr, ml_ptr, o_ptr, b, rows, rmask, cols, R, q_bstride, D: tl.constexpr,
+                      BLOCK_M: tl.constexpr, SPLIT: tl.constexpr):
+        # softmax-weighted merge of SPLIT normalised partials (L2 reads: written by other SMs)
+        m = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        for s in tl.static_range(SPLIT):
+            part = (b * SPLIT + s) * R
+            m = tl.maximum(m, tl.load(ml_ptr + 2 * part + rows, mask=rmask, other=0.0, cache_modifier=".cg"))
+        num = tl.zeros([BLOCK_M, D], tl.float32)
+        den = tl.zeros([BLOCK_M], tl.float32)
+        for s in tl.static_range(SPLIT):
+            part = (b * SPLIT + s) * R
+            ms = tl.load(ml_ptr + 2 * part + rows, mask=rmask, other=0.0, cache_modifier=".cg")
+            ls = tl.load(ml_ptr + 2 * part + R + rows, mask=rmask, other=0.0, cache_modifier=".cg")
+            w = ls * tl.exp(ms - m)
+            o = tl.load(part_ptr + (part + rows[:, None]) * D + cols[None, :], mask=rmask[:, None], other=0.0,
+                        cache_modifier=".cg")
+            num += w[:, None] * o
+            den += w
+        out = num / tl.maximum(den, 1e-30)[:, None]
+        tl.store(o_ptr + b * q_bstride + rows[:, None] * D + cols[None, :], out.to(o_ptr.dtype.element_ty),
+                 mask=rmask[:, None])
+
+    @triton.jit
+    def _attention_combine_kernel(part_ptr, ml_ptr, o_ptr, R, q_bstride, D: tl.constexpr,
+                                  BLOCK_M: tl.constexpr, SPLIT: tl.constexpr):
+        pid = tl.program_id(0)
+        b = tl.program_id(1)
+        rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+        _merge_splits(part_ptr, ml_ptr, o_ptr, b, rows, rows < R, tl.arange(0, D), R, q_bstride, D, BLOCK_M, SPLIT)
+
+    @triton.jit
+    def _add_rmsnorm_kernel(h_ptr, y_ptr, w_ptr, xn_ptr, N, eps, BLOCK: tl.constexpr):
+        # h += y (in place, the residual stream); xn = RMSNorm(h) * w (fp32 statistics)
+        row = tl.program_id(0)
+        col = tl.arange(0, BLOCK)
+        m = col < N
+        h = tl.load(h_ptr + row * N + col, mask=m, other=0.0).to(tl.float32)
+        y = tl.load(y_ptr + row * N + col, mask=m, other=0.0).to(tl.float32)
+        hq = (h + y).to(h_ptr.dtype.element_ty)
+        tl.store(h_ptr + row * N + col, hq, mask=m)
+        hf = hq.to(tl.float32)  # normalise the stored (rounded) stream, as the reference does
+        r = 1.0 / tl.sqrt(tl.sum(hf * hf, 0) / N + eps)
+        w = tl.load(w_ptr + col, mask=m, other=0.0).to(tl.float32)
+        tl.store(xn_ptr + row * N + col, (hf * r * w).to(xn_ptr.dtype.element_ty), mask=m)
+
+    @triton.jit
+    def _gelu_mul_kernel(gu_ptr, out_ptr, Fdim, BLOCK: tl.constexpr):
+        row = tl.program_id(0)
+        col = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        m = col < Fdim
+        g = tl.load(gu_ptr + row * 2 * Fdim + col, mask=m, other=0.0).to(tl.float32)
+        u = tl.load(gu_ptr + row * 2 * Fdim + Fdim + col, mask=m, other=0.0).to(tl.float32)
+        z = 0.7978845608028654 * (g + 0.044715 * g * g * g)
+        th = 2.0 / (1.0 + tl.exp(-2.0 * z)) - 1.0  # tanh(z), saturating cleanly at +-1
+        y = 0.5 * g * (1.0 + th) * u
+        tl.store(out_ptr + row * Fdim + col, y.to(out_ptr.dtype.element_ty), mask=m)
+
+    @triton.jit
+    def _add_layernorm_kernel(x_ptr, y_ptr, b_ptr, w_ptr, lb_ptr, xn_ptr, N, eps, BLOCK: tl.constexpr):
+        # x += y + b (in place, the residual stream); xn = LayerNorm(x) * w + lb
+        row = tl.program_id(0)
+        col = tl.arange(0, BLOCK)
+        m = col < N
+        x = tl.load(x_ptr + row * N + col, mask=m, other=0.0).to(tl.float32)
+        y = tl.load(y_ptr + row * N + col, mask=m, other=0.0).to(tl.float32)
+        bb = tl.load(b_ptr + col, mask=m, other=0.0).to(tl.float32)
+        hq = (x + (y + bb)).to(x_ptr.dtype.element_ty)
+        tl.store(x_ptr + row * N + col, hq, mask=m)
+        h = hq.to(tl.float32)  # normalise the stored (rounded) stream, as the reference does
+        mean = tl.sum(h, 0) / N
+        d = tl.where(m, h - mean, 0.0)
+        r = 1.0 / tl.sqrt(tl.sum(d * d, 0) / N + eps)
+        w = tl.load(w_ptr + col, mask=m, other=0.0).to(tl.float32)
+        lb = tl.load(lb_ptr + col, mask=m, other=0.0).to(tl.float32)
+        tl.store(xn_ptr + row * N + col, (d * r * w + lb).to(xn_ptr.dtype.element_ty), mask=m)
+
+    @triton.jit
+    def _euler_kernel(x_ptr, v_ptr, beta_ptr, dt, n, CFG: tl.constexpr, BLOCK: tl.constexpr):
+        # x += dt * v, v = v_u + beta (v_c - v_u) with CFG (v rows: [cond | uncond])
+        i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        m = i < n
+        x = tl.load(x_ptr + i, mask=m, other=0.0)
+        if CFG:
+            vc = tl.load(v_ptr + i, mask=m, other=0.0).to(tl.float32)
+            vu = tl.load(v_ptr + n + i, mask=m, other=0.0).to(tl.float32)
+            beta = tl.load(beta_ptr)
+            v = vu + beta * (vc - vu)
+        else:
+            v = tl.load(v_ptr + i, mask=m, other=0.0).to(tl.float32)
+        tl.store(x_ptr + i, x + dt * v, mask=m)
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, (int(n) - 1).bit_length())
+
+
+# ---------------------------------------------------------------------------------------
+# the fused ops, each with a torch twin
+# ---------------------------------------------------------------------------------------
+
+
+class FusedOps:
+    """The fused ops on one backend. Shapes are documented on the torch spelling."""
+
+    def __init__(self, backend: str = "torch", attn_blocks: dict[str, tuple[int, ...]] | None = None,
+                 inline_combine: bool = True) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"backend {backend!r}; expected one of {BACKENDS}")
+        if backend == "triton" and not HAVE_TRITON:
+            raise RuntimeError("the triton backend needs the triton package")
+        self.backend = backend
+        # attention (BLOCK_M, BLOCK_N, num_warps, num_stages, key splits) by query-row class,
+        # from benchmarks/gpu_fused.py on an H200: the expert's 400 rows x 611 keys need key
+        # splits to fill the GPU (18.3 us unsplit -> 8.7 us in 5 slices); the prefix's 4488
+        # rows x 561 keys do not (28-31 us for any split, vs 39 us for SDPA)
+        self.attn_blocks = {"small": (16, 128, 8, 2, 5), "large": (64, 32, 4, 2, 1)}
+        if attn_blocks:
+            self.attn_blocks.update(attn_blocks)
+        self.inline_combine = inline_combine
+        self._counters: torch.Tensor | None = None
+
+    def counters(self, device: torch.device) -> torch.Tensor:
+        """Zeroed int32 arrival counters of the inline split merge (every call leaves them
+        zero again). Made on first use, which is the warm-up before any graph capture."""
+        if self._counters is None or self._counters.device != device:
+            self._counters = torch.zeros(4096, dtype=torch.int32, device=device)
+        return self._counters
+
+    # qkv [B*L, (H+2)*D] -> q_out [B, L*H, D] (rotated), k_dst/v_dst [B, L, D] views (row stride D)
+    def rope_qkv(self, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, q_out: torch.Tensor,
+                 k_dst: torch.Tensor, v_dst: torch.Tensor, L: int, H: int) -> None:
+        B, D = q_out.shape[0], q_out.shape[-1]
+        if self.backend == "triton":
+            assert qkv.is_contiguous() and cos.is_contiguous() and sin.is_contiguous() and q_out.is_contiguous()
+            assert k_dst.stride()[1:] == (D, 1) and k_dst.stride() == v_dst.stride()
+            _rope_qkv_kernel[(B * L, H + 2)](qkv, cos, sin, q_out, k_dst, v_dst, L, H, k_dst.stride(0),
+                                             D=D, HALF=D // 2, num_warps=max(1, min(4, D // 128)))
+            return
+        x = qkv.view(B, L, H + 2, D)
+        qk = x[:, :, : H + 1].to(cos.dtype)
+        half = D // 2
+        rot = qk * cos[:, :, None] + torch.cat([qk[..., half:], qk[..., :half]], dim=-1) * sin[:, :, None]
+        q_out.view(B, L, H, D).copy_(rot[:, :, :H])
+        k_dst.copy_(rot[:, :, H])
+        v_dst.copy_(x[:, :, H + 1])
+
+    # q [B, R, D]; k, v [B, >=n_keys, D] (row stride D); bias [B, >=n_keys] fp32 -> [B, R, D]
+    def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
+                  n_keys: int, out: torch.Tensor | None = None) -> torch.Tensor:
+        """``out`` (optional, contiguous like q) receives the result."""
+        B, R, D = q.shape
+        if self.backend == "triton":
+            assert q.is_contiguous()
+            out = torch.empty_like(q) if out is None else out
+            self._launch_attention(out, k, v, bias, n_keys, q=q)
+            return out
+        kk, vv = k[:, :n_keys], v[:, :n_keys]
+        scores = torch.baddbmm(bias[:, None, :n_keys].to(q.dtype).expand(B, R, n_keys), q, kk.transpose(1, 2),
+                               alpha=1.0 / math.sqrt(D))
+        res = torch.bmm(torch.softmax(scores, dim=-1), vv)
+        return res if out is None else out.copy_(res)
+
+    def _launch_attention(self, out: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
+                          n_keys: int, q: torch.Tensor) -> None:
+        B, R, D = out.shape
+        assert out.is_contiguous() and k.stride()[1:] == (D, 1) and k.stride() == v.stride()
+        bm, bn, warps, stages, split = self.attn_blocks["large" if R >= 2048 else "small"]
+        if out.dtype == torch.float32:  # fp32 tiles are twice the bytes: halve the key block
+            bn, stages = min(bn, 32), 1
+        rblocks = triton.cdiv(R, bm)
+        n_blocks = triton.cdiv(n_keys, bn)
+        split = max(1, min(split, n_blocks))
+        per_split = triton.cdiv(n_blocks, split) * bn
+        split = triton.cdiv(n_keys, per_split)
+        prec = "ieee" if out.dtype == torch.float32 else "tf32"
+        counters = self.counters(out.device)
+        inline = self.inline_combine and B * rblocks <= counters.numel()
+        part = ml = out
+        if split > 1:
+            part = torch.empty((B, split, R, D), dtype=torch.float32, device=out.device)
+            ml = torch.empty((B, split, 2, R), dtype=torch.float32, device=out.device)
+        _attention_kernel[(rblocks, split, B)](
+            q, k, v, bias, out, part, ml, counters, R, 1.0 / math.sqrt(D), out.stride(0), k.stride(0),
+            bias.stride(0), n_keys=int(n_keys), D=D, BLOCK_M=bm, BLOCK_N=bn, SPLIT=split, KEYS_PER_SPLIT=per_split,
+            INLINE=inline, PRECISION=prec, num_warps=warps, num_stages=stages)
+        if split > 1 and not inline:
+            cbm = 16
+            _attention_combine_kernel[(triton.cdiv(R, cbm), B)](part, ml, out, R, out.stride(0), D=D, BLOCK_M=cbm,
+                                                                 SPLIT=split, num_warps=4)
+
+    # h [M, N] += y (in place); returns RMSNorm(h) with norm's gain
+    def add_rmsnorm(self, h: torch.Tensor, y: torch.Tensor, norm: torch.nn.Module) -> torch.Tensor:
+        M, N = h.shape
+        if self.backend == "triton":
+            assert h.is_contiguous() and y.is_contiguous()
+            xn = torch.empty_like(h)
+            _add_rmsnorm_kernel[(M,)](h, y, norm.weight, xn, N, float(norm.eps), BLOCK=_pow2(N),
+                                      num_warps=4 if N <= 2048 else 8)
+            return xn
+        h.add_(y)
+        return F.rms_norm(h, (N,), norm.weight, norm.eps)
+
+    # gu [M, 2F] ([gate | up]) -> gelu_tanh(gate) * up [M, F]
+    def gelu_mul(self, gu: torch.Tensor) -> torch.Tensor:
+        M, F2 = gu.shape
+        Fd = F2 // 2
+        if self.backend == "triton":
+            out = torch.empty((M, Fd), dtype=gu.dtype, device=gu.device)
+            block = min(1024, _pow2(Fd))
+            _gelu_mul_kernel[(M, triton.cdiv(Fd, block))](gu, out, Fd, BLOCK=block, num_warps=4)
+            return out
+        gate, up = gu.chunk(2, dim=-1)
+        return F.gelu(gate, approximate="tanh") * up
+
+    # x [M, N] += y [M, N] + b [N] (in place); returns LayerNorm(x) with ln's weight/bias
+    def add_layernorm(self, x: torch.Tensor, y: torch.Tensor, b: torch.Tensor, ln: torch.nn.LayerNorm) -> torch.Tensor:
+        M, N = x.shape
+        if self.backend == "triton":
+            xn = torch.empty_like(x)
+            _add_layernorm_kernel[(M,)](x, y, b, ln.weight, ln.bias, xn, N, ln.eps, BLOCK=_pow2(N),
+                                        num_warps=4 if N <= 2048 else 8)
+            return xn
+        x.add_(y + b)
+        return F.layer_norm(x, (N,), ln.weight, ln.bias, ln.eps)
+
+    # GELU(x @ w.T + b), tanh approximation (cuBLASLt epilogue on CUDA)
+    def linear_gelu(self, x: torch.Tensor, lin: torch.nn.Linear) -> torch.Tensor:
+        if self.backend == "triton" and x.is_cuda:
+            return torch._addmm_activation(lin.bias, x, lin.weight.t(), use_gelu=True)
+        return F.gelu(F.linear(x, lin.weight, lin.bias), approximate="tanh")
+
+    # x [1, C, A] fp32 (in place) += dt * v, v [B*C, A] (CFG: [cond; uncond], beta 0-d fp32)
+    def euler(self, x: torch.Tensor, v: torch.Tensor, dt: float, beta: torch.Tensor | None) -> None:
+        n = x.numel()
+        if self.backend == "triton":
+            block = 1024
+            _euler_kernel[(triton.cdiv(n, block),)](x, v, beta if beta is not None else x, float(dt), n,
+                                                    CFG=beta is not None, BLOCK=block, num_warps=4)
+            return
+        vf = v.to(torch.float32).view(-1, *x.shape[1:])
+        if beta is not None:
+            v_cond, v_uncond = vf[0:1], vf[1:2]
+            vf = v_uncond + beta * (v_cond - v_uncond)
+        x.copy_(x + dt * vf)
+
+
+# ---------------------------------------------------------------------------------------
+# the fast policy
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class FusedBuffers:
+    """Static per-plan state shared by the prefix and the denoise graphs.
+
+    ``k``/``v`` [layers, B, S_pad, d]: rows [0, P) prefix (written by the prefix), [P, P+C)
+    the action tokens (rewritten at every step), the rest zero pad. ``bias`` [B, S_pad] fp32:
+    0 = attend, :data:`MASKED` = padded prefix token or pad row. ``cos``/``sin`` [B, C, d]
+    fp32: the action tokens' RoPE (positions continue after the valid prefix). ``times``
+    [nfe] fp32: the Euler schedule's t_i.
+    """
+
+    k: torch.Tensor
+    v: torch.Tensor
+    bias: torch.Tensor
+    cos: torch.Tensor
+    sin: torch.Tensor
+    times: torch.Tensor
+    batch: int
+    nfe: int
+
+
+class FusedPolicy:
+    """Prefix + the whole Euler loop of a :class:`FlowPolicy`, on fused ops (see module doc).
+
+    ``shared_images``: under CFG both slots carry the same images, so :meth:`prefix` takes
+    images with batch 1 and runs the vision tower once.
+    """
+
+    def __init__(self, model: FlowPolicy, backend: str | None = None) -> None:
+        if not supports(model.cfg):
+            raise ValueError(f"fused path needs num_kv_heads == 1 and a power-of-two head_dim; got "
+                             f"num_kv_heads={model.cfg.num_kv_heads}, head_dim={model.cfg.head_dim}")
+        self.model = model
+        self.cfg = model.cfg
+        self.ops = FusedOps(backend or default_backend(model.device))
+
+    @property
+    def backend(self) -> str:
+        return self.ops.backend
+
+    def allocate(self, batch: int, nfe: int) -> FusedBuffers:
+        """Static buffers for one (batch, nfe) plan; call outside any graph capture."""
+        cfg, m = self.cfg, self.model
+        dev, dt = m.device, m.dtype
+        S = padded_keys(cfg)
+        P, C, d = cfg.prefix_len, cfg.chunk_size, cfg.head_dim
+        k = torch.zeros((cfg.depth, batch, S, d), dtype=dt, device=dev)
+        bias = torch.full((batch, S), MASKED, dtype=torch.float32, device=dev)
+        bias[:, P:P + C] = 0.0
+        times = torch.tensor([t for t, _ in euler_schedule(nfe)], dtype=torch.float32, device=dev)
+        cos = torch.zeros((batch, C, d), dtype=torch.float32, device=dev)
+        return FusedBuffers(k, torch.zeros_like(k), bias, cos, torch.zeros_like(cos), times, batch, nfe)
+
+    # -- prefix ------------------------------------------------------------------------------
+    def prefix(self, buf: FusedBuffers, images_u8: torch.Tensor, lang_tokens: torch.Tensor,
+               lang_mask: torch.Tensor, state: torch.Tensor) -> None:
+        """Fill ``buf`` (prefix K/V of every layer, key bias, the action tokens' RoPE)."""
+        cfg, m = self.cfg, self.model
+        dtype = m.dtype
+        B = lang_tokens.shape[0]
+        img = self.vision(images_u8)
+        if img.shape[0] != B:  # CFG: one image set for both slots
+            img = img.expand(B, -1, -1)
+        lang = m.embed_tokens(lang_tokens) * math.sqrt(cfg.width)
+        st = m.state_proj(state.to(dtype))[:, None, :]
+        x = torch.cat([img, lang.to(dtype), st], dim=1)
+        P = x.shape[1]
+        keep = lang_mask.to(torch.bool)
+        always = torch.ones_like(keep[:, :1])
+        keep = torch.cat([always.expand(-1, img.shape[1]), keep, always], dim=1)
+        positions = torch.cumsum(keep.to(torch.int64), dim=-1) - 1
+        rope = rope_tables(positions, cfg.head_dim, cfg.rope_theta, torch.float32)
+        cos, sin = rope.cos[:, :, 0], rope.sin[:, :, 0]
+        buf.bias[:, :P].copy_(torch.where(keep, 0.0, MASKED))
+        n_valid = keep.to(torch.int64).sum(dim=-1, keepdim=True)
+        steps = torch.arange(cfg.chunk_size, device=keep.device, dtype=torch.int64)
+        erope = rope_tables(n_valid + steps[None, :], cfg.head_dim, cfg.rope_theta, torch.float32)
+        buf.cos.copy_(erope.cos[:, :, 0])
+        buf.sin.copy_(erope.sin[:, :, 0])
+        self._prefix_lm(buf, x.reshape(B * P, cfg.width), cos.contiguous(), sin.contiguous(), B, P)
+
+    def _prefix_lm(self, buf: FusedBuffers, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                   B: int, P: int) -> None:
+        cfg, ops = self.cfg, self.ops
+        H, d = cfg.num_heads, cfg.head_dim
+        last = len(self.model.layers) - 1
+        for i, layer in enumerate(self.model.layers):
+            xn = F.rms_norm(x, (x.shape[-1],), layer.input_norm.weight, layer.input_norm.eps)
+            qkv = torch.mm(xn, layer.qkv.weight.t())
+            q = torch.empty((B, P * H, d), dtype=x.dtype, device=x.device)
+            ops.rope_qkv(qkv, cos, sin, q, buf.k[i, :, :P], buf.v[i, :, :P], P, H)
+            if i == last:  # the last layer's attention output and MLP feed nothing
+                break
+            o = ops.attention(q, buf.k[i], buf.v[i], buf.bias, P)
+            x.addmm_(o.view(B * P, H * d), layer.o_proj.weight.t())
+            self._mlp(layer, x)
+
+    def _mlp(self, layer, x: torch.Tensor) -> None:
+        xn = F.rms_norm(x, (x.shape[-1],), layer.post_norm.weight, layer.post_norm.eps)
+        act = self.ops.gelu_mul(torch.mm(xn, layer.mlp.gate_up.weight.t()))
+        x.addmm_(act, layer.mlp.down.weight.t())
+
+    def vision(self, images_u8: torch.Tensor) -> torch.Tensor:
+        """uint8 [B, N, H, W, 3] -> image tokens [B, N*patches, width]."""
+        vis, ops = self.model.vision, self.ops
+        vc = self.cfg
+        B, N, Hh, Ww, Cc = images_u8.shape
+        p = vc.patch_size
+        dtype = vis.patch_embed.weight.dtype
+        x = (images_u8.to(torch.float32) * (2.0 / 255.0) - 1.0).to(dtype)
+        x = x.reshape(B * N, Hh // p, p, Ww // p, p, Cc).permute(0, 1, 3, 2, 4, 5)
+        x = x.reshape(B * N, (Hh // p) * (Ww // p), p * p * Cc)
+        x = vis.patch_embed(x) + vis.pos_emb
+        BN, n, W = x.shape
+        x = x.reshape(BN * n, W)
+        blocks = vis.blocks
+        b0 = blocks[0].ln1
+        xn = F.layer_norm(x, (W,), b0.weight, b0.bias, b0.eps)
+        for j, blk in enumerate(blocks):
+            heads = blk.heads
+            qkv = F.linear(xn, blk.qkv.weight, blk.qkv.bias).view(BN, n, 3, heads, W // heads).permute(2, 0, 3, 1, 4)
+            o = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2]).transpose(1, 2).reshape(BN * n, W)
+            xn = ops.add_layernorm(x, torch.mm(o, blk.attn_proj.weight.t()), blk.attn_proj.bias, blk.ln2)
+            y = torch.mm(ops.linear_gelu(xn, blk.fc1), blk.fc2.weight.t())
+            nxt = blocks[j + 1].ln1 if j + 1 < len(blocks) else vis.post_ln
+            xn = ops.add_layernorm(x, y, blk.fc2.bias, nxt)
+        out = F.linear(xn, vis.proj.weight, vis.proj.bias)
+        return out.view(B, N * n, out.shape[-1])
+
+    # -- denoise -------------------------------------------------------------------------------
+    def denoise(self, buf: FusedBuffers, noise: torch.Tensor, beta: torch.Tensor | None) -> torch.Tensor:
+        """Euler from ``noise`` [1, C, A] to the actions [1, C, A] fp32 over ``buf.nfe`` steps."""
+        m, cfg = self.model, self.cfg
+        ew = cfg.expert_width
+        # time conditioning of every step at once: time_mlp_in([a, temb]) = a W_a^T + (temb W_t^T + b)
+        w_in = m.time_mlp_in.weight
+        temb = time_embedding(buf.times, ew).to(m.dtype)
+        cond = F.linear(temb, w_in[:, ew:], m.time_mlp_in.bias)  # [nfe, ew]
+        w_a = w_in[:, :ew]
+        x = noise.to(torch.float32).clone()
+        for i, (_, dt) in enumerate(euler_schedule(buf.nfe)):
+            v = self.velocity(buf, x, cond[i], w_a)
+            self.ops.euler(x, v, dt, beta)
+        return x
+
+    def velocity(self, buf: FusedBuffers, x: torch.Tensor, cond: torch.Tensor, w_a: torch.Tensor) -> torch.Tensor:
+        """Velocity rows [B*C, A] (model dtype) of x [1, C, A]; ``cond`` is this step's time
+        term, ``w_a`` the action half of time_mlp_in's weight ([ew, ew], row stride 2*ew).
+
+        Each residual add is fused with the RMSNorm that follows it (the next sublayer's
+        input norm, or the final expert norm), so a layer is 4 GEMMs + 6 small kernels."""
+        m, cfg, ops = self.model, self.cfg, self.ops
+        B, C, H, d = buf.batch, cfg.chunk_size, cfg.num_heads, cfg.head_dim
+        P = cfg.prefix_len
+        a = F.linear(x[0].to(m.dtype), m.action_in.weight, m.action_in.bias)  # [C, ew]
+        h = F.linear(F.silu(torch.addmm(cond, a, w_a.t())), m.time_mlp_out.weight, m.time_mlp_out.bias)
+        if B > 1:  # both CFG slots start from the same x and t
+            h = h.repeat(B, 1)
+        layers = m.expert_layers
+        # attention output rows padded to 64: cuBLAS picks a faster o_proj kernel for 64 rows
+        # than for 50 (6.5 -> 5.0 us on an H200); the pad rows are never read back
+        o = torch.empty((max(B * C, 64), H * d), dtype=h.dtype, device=h.device)
+        first = layers[0].input_norm
+        xn = F.rms_norm(h, (h.shape[-1],), first.weight, first.eps)
+        for i, layer in enumerate(layers):
+            qkv = torch.mm(xn, layer.qkv.weight.t())
+            q = torch.empty((B, C * H, d), dtype=h.dtype, device=h.device)
+            ops.rope_qkv(qkv, buf.cos, buf.sin, q, buf.k[i, :, P:P + C], buf.v[i, :, P:P + C], C, H)
+            ops.attention(q, buf.k[i], buf.v[i], buf.bias, P + C, out=o[: B * C].view(B, C * H, d))
+            y = torch.mm(o, layer.o_proj.weight.t())[: B * C]
+            xn = ops.add_rmsnorm(h, y, layer.post_norm)
+            act = ops.gelu_mul(torch.mm(xn, layer.mlp.gate_up.weight.t()))
+            nxt = layers[i + 1].input_norm if i + 1 < len(layers) else m.expert_norm
+            xn = ops.add_rmsnorm(h, torch.mm(act, layer.mlp.down.weight.t()), nxt)
+        return F.linear(xn, m.action_out.weight, m.action_out.bias)
+
+    def sample(self, buf: FusedBuffers, images_u8: torch.Tensor, lang_tokens: torch.Tensor,
+               lang_mask: torch.Tensor, state: torch.Tensor, noise: torch.Tensor,
+               beta: torch.Tensor | None) -> torch.Tensor:
+        """prefix + denoise in one call (tests and eager use)."""
+        self.prefix(buf, images_u8, lang_tokens, lang_mask, state)
+        return self.denoise(buf, noise, beta)
