@@ -7,6 +7,7 @@ loopback interface. Child processes inherit the environment.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import random
 import sys
@@ -16,7 +17,26 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
-os.environ.setdefault("ROS_DOMAIN_ID", str(random.Random(os.getpid()).randint(1, 100)))
+def _claim_domain_id() -> int:
+    """A ROS_DOMAIN_ID no other test session on this machine holds (an flock'd file per id,
+    released when this process exits), so concurrent sessions never hear each other."""
+    ids = list(range(1, 101))
+    random.Random(os.getpid()).shuffle(ids)
+    for domain_id in ids:
+        handle = open(f"/tmp/reflex_ros_test_domain_{domain_id}.lock", "w")  # noqa: SIM115
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            continue
+        _HELD_LOCKS.append(handle)
+        return domain_id
+    raise RuntimeError("all ROS domain ids 1-100 are held by other test sessions")
+
+
+_HELD_LOCKS: list = []
+if "ROS_DOMAIN_ID" not in os.environ:
+    os.environ["ROS_DOMAIN_ID"] = str(_claim_domain_id())
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 os.environ.setdefault("AMENT_PREFIX_PATH", sys.prefix)
 os.environ.setdefault("MUJOCO_GL", "egl")

@@ -107,3 +107,24 @@ def test_commanded_trajectory_replaces_on_a_new_message():
     # The first trajectory runs until 150 (its 200 and 300 points never execute), then the second.
     assert t.tolist() == [0, 100, 149, 150, 250]
     assert p[:, 0].tolist() == pytest.approx([0.0, 1.0, 1.49, 10.0, 11.0])
+
+
+def test_late_chunks_take_over_at_arrival_not_at_their_stamp():
+    """Each chunk is stamped 40 ms before it is published (inference ran longer than the
+    compensation). The controller can only act from the publish time, so with the arrival
+    times the estimate recovers the true 60 ms lag; without them it blames the lateness on
+    the actuator."""
+    rng = np.random.default_rng(3)
+    late_ns = 40_000_000
+    segments = []
+    for start in range(T0, T0 + int(6e9), 10 * DT_NS):
+        offsets = np.arange(50, dtype=np.int64) * DT_NS
+        pos = rng.uniform(-0.5, 0.5, (1, 3)) + np.cumsum(rng.normal(0, 0.02, (50, 3)), axis=0)
+        segments.append((start, offsets, pos, start + late_ns))
+    cmd_t, cmd_p = commanded_trajectory(segments)
+    meas = measured(cmd_t, cmd_p, 60.0, rate_hz=250.0)
+    with_arrival = estimate_actuation_lag_ms(cmd_t, cmd_p, *meas)
+    stamp_only_t, stamp_only_p = commanded_trajectory([s[:3] for s in segments])
+    without_arrival = estimate_actuation_lag_ms(stamp_only_t, stamp_only_p, *meas)
+    assert with_arrival is not None and abs(with_arrival - 60.0) < DT_NS / 1e6
+    assert without_arrival is None or abs(without_arrival - 60.0) > abs(with_arrival - 60.0)

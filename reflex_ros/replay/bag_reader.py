@@ -66,7 +66,7 @@ class BagData:
     joint_names: tuple[str, ...]
     joint_t_ns: np.ndarray
     joint_pos: np.ndarray  # [m, J] in joint_names order
-    trajectories: list[tuple[int, np.ndarray, np.ndarray]]  # (start_ns, offsets_ns[k], positions[k, J])
+    trajectories: list[tuple[int, np.ndarray, np.ndarray, int]]  # (start_ns, offsets_ns[k], positions[k, J], arrival_ns)
     obs_to_publish_ms: list[float] = field(default_factory=list)
     n_frames: int = 0
     n_synced: int = 0
@@ -184,8 +184,9 @@ def _duration_ns(duration: Any) -> int:
 
 
 def trajectory_segment(msg: Any, log_ns: int, joint_names: Sequence[str],
-                       stamp_to_ns: Any) -> tuple[int, np.ndarray, np.ndarray] | None:
-    """(start_ns, offsets_ns, positions[k, J]) of a JointTrajectory, columns by joint name.
+                       stamp_to_ns: Any) -> tuple[int, np.ndarray, np.ndarray, int] | None:
+    """(start_ns, offsets_ns, positions[k, J], arrival_ns) of a JointTrajectory, columns by
+    joint name; arrival is the bag's log (receive) time, before which it cannot act.
 
     A zero stamp means "start now" (the controller's receive time, here the bag's log time).
     Returns None when the trajectory drives none of ``joint_names`` or has no positions.
@@ -202,7 +203,7 @@ def trajectory_segment(msg: Any, log_ns: int, joint_names: Sequence[str],
         if positions.size != len(index):
             return None
         rows.append([positions[c] if c is not None else np.nan for c in columns])
-    return start, offsets, np.asarray(rows, dtype=np.float64)
+    return start, offsets, np.asarray(rows, dtype=np.float64), int(log_ns)
 
 
 def read_bag(

@@ -26,10 +26,11 @@ class MotionHistory:
         self._meas_pos: deque[np.ndarray] = deque(maxlen=max_measurements)
         self._lock = threading.Lock()
 
-    def add_command(self, start_ns: int, dt_ns: int, positions: np.ndarray) -> None:
+    def add_command(self, start_ns: int, dt_ns: int, positions: np.ndarray, published_ns: int | None = None) -> None:
+        """A published trajectory; ``published_ns`` bounds when it can have taken over."""
         offsets = np.arange(positions.shape[0], dtype=np.int64) * int(dt_ns)
         with self._lock:
-            self._commands.append((int(start_ns), offsets, np.array(positions, dtype=np.float64)))
+            self._commands.append((int(start_ns), offsets, np.array(positions, dtype=np.float64), published_ns))
 
     def add_measurement(self, t_ns: int, positions: np.ndarray) -> None:
         with self._lock:

@@ -741,7 +741,7 @@ class PolicyNode(LifecycleNode):
             stats.publish_period_ms.add((t_pub - self._last_publish_ns) * 1e-6)
         self._last_publish_ns = t_pub
         if self._history is not None:
-            self._history.add_command(plan.stamp_ns, plan.dt_ns, plan.positions)
+            self._history.add_command(plan.stamp_ns, plan.dt_ns, plan.positions, published_ns=t_pub)
         session = self._session
         if session is not None:
             try:
@@ -753,7 +753,11 @@ class PolicyNode(LifecycleNode):
                 self._pending_latency_ms = float(new_latency)
 
     def _publish_hold(self) -> bool:
-        """Hold the last measured positions so a controller stops executing a stale chunk."""
+        """Hold the last measured positions so a controller stops executing a stale chunk.
+
+        The hold is a command like any other, so it is clamped to the position limits: an arm
+        that drifted past a soft limit is brought back inside it (by less than one step's
+        change limit in practice) rather than held outside it."""
         pub, state = self._traj_pub, self._last_state
         if pub is None:
             return False
@@ -761,7 +765,9 @@ class PolicyNode(LifecycleNode):
             self.get_logger().warning("no joint state received yet: no hold-position trajectory sent")
             return False
         try:
-            pub.publish(hold_trajectory_msg(state, self._joint_names,
+            limits = self._limits(self._settings)
+            held = np.clip(np.asarray(state, dtype=np.float64), limits.position_lower, limits.position_upper)
+            pub.publish(hold_trajectory_msg(held, self._joint_names,
                                             control_period_ns(self._settings.control_frequency_hz)))
         except Exception as exc:
             self.get_logger().error(f"hold trajectory: {type(exc).__name__}: {exc}")

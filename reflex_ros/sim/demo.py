@@ -1,0 +1,445 @@
+"""`reflex-ros demo`: the whole loop in one command, and the numbers that show it works.
+
+The simulated SO-101 arm (``reflex_ros.sim.sim_node``, a child process) publishes a camera
+and joint states; the lifecycle policy node (the tiny default export, embodiment so100,
+auto_calibrate on) is started and driven through configure -> activate by the runner API,
+exactly as ``reflex-ros run`` does; a monitor node in this process records the traffic.
+After S seconds everything is shut down in order (deactivate holds the arm, cleanup,
+shutdown, then the sim) and a summary table compares what the calibrator learned with what
+the loop really has.
+
+Top-level imports are stdlib only, so ``--help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+EMBODIMENT = "so100"
+POLICY_NODE = "reflex_policy"
+TRAJECTORY_TOPIC = f"/{POLICY_NODE}/joint_trajectory"
+DEFAULT_EXPORT_DIR = "~/.cache/reflex_ros/exports/tiny"
+DEFAULT_CACHE = "~/.cache/reflex_ros/demo/calibration.json"
+DEFAULT_LOG_DIR = "~/.cache/reflex_ros/demo/logs"
+DEFAULT_INSTRUCTION = "pick up the purple cube"
+STARTUP_TIMEOUT_S = 120.0
+# The node's latency compensation stamps chunks for when they should run; a controller that
+# defers a future-stamped trajectory until its stamp executes them exactly so (ros2_controllers'
+# trajectory deferral, ROS 1 JTC). Without it (Humble/Jazzy JTC) each chunk takes over on arrival.
+DEMO_SIM_PARAMS = ("defer_future_trajectories:=true",)
+
+DESCRIPTION = """\
+Run the closed loop: a MuJoCo SO-101 arm (reflex-ros sim) driven by the lifecycle policy
+node (tiny default policy, embodiment so100, auto_calibrate on) through the launch-equivalent
+runner, with a live status line, then shut everything down cleanly and print a summary:
+chunk publish rate vs target, inference and observation-to-publish p50/p95, the learned
+latency_compensation_ms vs what the loop really has, commanded-vs-measured tracking error,
+and the calibration cache it wrote.
+
+The policy has random weights, so the arm moves without purpose; every command stays inside
+the so100 joint limits (the node's safety clamp), and the summary checks that."""
+
+EPILOG = f"""\
+defaults:
+  export            {DEFAULT_EXPORT_DIR} (the tiny policy is exported there on first use, ~5 s)
+  calibration cache {DEFAULT_CACHE} (kept apart from ~/.reflex: a simulated arm
+                    with an injected delay is not your robot)
+  logs              {DEFAULT_LOG_DIR}/<time>/{{sim,policy_node}}.log
+  ROS discovery     ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST unless set (the demo's topics stay
+                    on this machine); ROS_DOMAIN_ID as set in the environment
+  trajectories      the sim defers a future-stamped chunk until its stamp (JTC trajectory
+                    deferral), which is how the node's latency-compensated stamps are meant to
+                    run; --sim-param defer_future_trajectories:=false gives Humble/Jazzy JTC
+                    behaviour (each chunk takes over on arrival)
+
+examples:
+  reflex-ros demo
+  reflex-ros demo --duration-s 60 --actuation-delay-ms 80
+exit codes: 0 the loop ran and stayed within limits, 1 it did not (reason printed), 2 bad input"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="closed loop: simulated SO-101 arm + policy node + auto-calibration, with a summary",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--duration-s",
+        "--duration",
+        dest="duration_s",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="seconds of closed loop after the node is active (default 30; learning needs ~15)",
+    )
+    parser.add_argument(
+        "--actuation-delay-ms",
+        type=float,
+        default=0.0,
+        metavar="D",
+        help="bus/servo lag injected into the simulated arm (default 0); the calibrator has to find it",
+    )
+    parser.add_argument(
+        "--export", metavar="DIR", default=None, help=f"policy export (default {DEFAULT_EXPORT_DIR})"
+    )
+    parser.add_argument("--calibration-cache", metavar="PATH", default=None, help=f"default {DEFAULT_CACHE}")
+    parser.add_argument(
+        "--instruction", default=DEFAULT_INSTRUCTION, help="language instruction for the policy"
+    )
+    parser.add_argument(
+        "--real-time-factor",
+        type=float,
+        default=1.0,
+        metavar="X",
+        help="run the loop in sim time at X times real time (the sim publishes /clock, the nodes use "
+        "sim time); below 1 gives a loaded machine slack; --duration-s is then sim seconds",
+    )
+    parser.add_argument(
+        "--sim-param",
+        action="append",
+        default=[],
+        metavar="NAME:=VALUE",
+        help="extra sim node parameter, repeatable (e.g. open_loop_control:=true); see `reflex-ros sim --help`",
+    )
+    parser.add_argument(
+        "--policy-param",
+        action="append",
+        default=[],
+        metavar="NAME:=VALUE",
+        help="extra policy node parameter, repeatable (e.g. execute_steps:=5); an explicit "
+        "latency_compensation_ms turns the learning off",
+    )
+    parser.add_argument("--summary-json", metavar="PATH", default=None, help="also write the summary as JSON")
+    parser.add_argument("--log-dir", metavar="DIR", default=None, help=f"default {DEFAULT_LOG_DIR}/<time>")
+    parser.add_argument("--verbose", action="store_true", help="stream the node logs to the terminal too")
+    parser.set_defaults(func=handle)
+
+
+class _Console:
+    """One status line that updates in place on a terminal (a line every 5 s otherwise), and
+    log lines printed above it without tearing."""
+
+    def __init__(self, stream: TextIO = sys.stdout) -> None:
+        self._stream = stream
+        self._tty = stream.isatty()
+        self._lock = threading.Lock()
+        self._status = ""
+        self._last_plain = 0.0
+
+    def status(self, text: str) -> None:
+        with self._lock:
+            if self._tty:
+                pad = max(0, len(self._status) - len(text))
+                self._stream.write("\r" + text + " " * pad)
+                self._stream.flush()
+                self._status = text
+            elif time.monotonic() - self._last_plain >= 5.0:
+                self._last_plain = time.monotonic()
+                print(text, file=self._stream, flush=True)
+
+    def line(self, text: str) -> None:
+        with self._lock:
+            if self._tty and self._status:
+                self._stream.write("\r" + " " * len(self._status) + "\r")
+            print(text, file=self._stream, flush=True)
+            if self._tty and self._status:
+                self._stream.write(self._status)
+                self._stream.flush()
+
+    def end_status(self) -> None:
+        with self._lock:
+            if self._tty and self._status:
+                self._stream.write("\n")
+                self._stream.flush()
+            self._status = ""
+
+
+def ensure_export(export: str | None, console: _Console) -> Path:
+    """The export directory, exporting the tiny policy there when it has none yet.
+
+    Raises ValueError (usage error) for a directory that holds something else.
+    """
+    path = Path(export or DEFAULT_EXPORT_DIR).expanduser()
+    if (path / "reflex_config.json").is_file():
+        return path
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise ValueError(f"{path} exists but is not a reflex_ros export (no reflex_config.json)")
+    console.line(f"[demo] exporting the tiny default policy to {path} (first run only) ...")
+    from reflex_ros.engine.export import export_model
+
+    t0 = time.monotonic()
+    export_model(preset="tiny", output_dir=path, mode="both")
+    console.line(f"[demo] exported in {time.monotonic() - t0:.1f} s")
+    return path
+
+
+class SimProcess:
+    """`python -m reflex_ros.sim.sim_node` as a child in its own session (a terminal's
+    Ctrl-C reaches only the demo, which then stops things in order)."""
+
+    def __init__(self, delay_ms: float, log_path: Path, env: dict[str, str], params: list[str] = ()) -> None:
+        cmd = [
+            sys.executable, "-m", "reflex_ros.sim.sim_node", "--ros-args",
+            "-p", f"actuation_delay_ms:={float(delay_ms)!r}",
+            "-p", f"trajectory_topic:={TRAJECTORY_TOPIC}",
+        ]  # fmt: skip
+        for param in params:
+            cmd += ["-p", param]
+        self.log_path = log_path
+        self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        )
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def tail(self, n: int = 15) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+
+    def stop(self, timeout_s: float = 15.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()  # the sim stops its threads, then rclpy, and prints its stats
+            try:
+                self.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=timeout_s)
+        self._log.close()
+        return self.proc.returncode
+
+
+def _wait(condition, timeout_s: float, stop: threading.Event, alive) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if stop.is_set() or not alive() or time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def _diag_num(diag: dict[str, str], key: str, digits: int = 1) -> str:
+    try:
+        return f"{float(diag[key]):.{digits}f}"
+    except (KeyError, ValueError):
+        return "n/a"
+
+
+def _status_text(elapsed_s: float, duration_s: float, monitor: Any, target_hz: float, cold_ms: float) -> str:
+    """One line, short enough not to wrap (it is redrawn in place)."""
+    _, _, n_chunks = monitor.counts()
+    diag = monitor.diagnostics()
+    chunk = monitor.latest_chunk()
+    comp = f"{cold_ms:.0f} -> {chunk.latency_compensation_ms:.0f}" if chunk else f"{cold_ms:.0f}"
+    calib = diag.get("calibration_state", "").split(";")[-1].strip() or "?"
+    return (
+        f"[{elapsed_s:3.0f}/{duration_s:.0f} s] {n_chunks} chunks, "
+        f"{_diag_num(diag, 'publish_rate_hz', 2)}/{target_hz:.2f} Hz | inference p50 "
+        f"{_diag_num(diag, 'inference_p50_ms')} ms | obs->pub p95 {_diag_num(diag, 'obs_to_publish_p95_ms', 0)} ms"
+        f" | latency comp {comp} ms ({calib})"
+    )
+
+
+def _parse_params(items: list[str]) -> dict[str, Any]:
+    """``NAME:=VALUE`` strings -> {name: value}, values read as YAML (as ``-p`` does)."""
+    import yaml
+
+    params: dict[str, Any] = {}
+    for item in items:
+        name, sep, raw = item.partition(":=")
+        if not sep or not name:
+            raise ValueError(f"--policy-param {item!r}: expected NAME:=VALUE")
+        params[name] = yaml.safe_load(raw)
+    return params
+
+
+def _cache_entry(cache_path: Path, model_hash: str | None) -> dict[str, Any] | None:
+    from reflex_ros.calibration.cache import entry_key, read_cache_file
+
+    result = read_cache_file(cache_path)
+    if result.status != "ok" or not result.document or not model_hash:
+        return None
+    return result.document.get("entries", {}).get(entry_key(EMBODIMENT, model_hash))
+
+
+def handle(args: argparse.Namespace) -> int:
+    console = _Console()
+    if args.duration_s <= 0:
+        print("reflex-ros demo: --duration-s must be > 0", file=sys.stderr)
+        return 2
+    if args.actuation_delay_ms < 0:
+        print("reflex-ros demo: --actuation-delay-ms must be >= 0", file=sys.stderr)
+        return 2
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    os.environ.setdefault("MUJOCO_GL", "egl")
+
+    from reflex_ros.engine.types import ReflexError
+
+    try:
+        export_dir = ensure_export(args.export, console)
+    except ValueError as exc:
+        print(
+            f"reflex-ros demo: {exc}; pass --export DIR with an export, or an empty/new directory",
+            file=sys.stderr,
+        )
+        return 2
+    except ReflexError as exc:
+        print(f"reflex-ros demo: export failed: {exc}", file=sys.stderr)
+        return 1
+    cache_path = Path(args.calibration_cache or DEFAULT_CACHE).expanduser()
+    log_dir = Path(args.log_dir or Path(DEFAULT_LOG_DIR) / time.strftime("%Y%m%d-%H%M%S")).expanduser()
+    log_dir.mkdir(parents=True, exist_ok=True)
+
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return _run(args, export_dir, cache_path, log_dir, console, stop)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _run(
+    args: argparse.Namespace,
+    export_dir: Path,
+    cache_path: Path,
+    log_dir: Path,
+    console: _Console,
+    stop: threading.Event,
+) -> int:
+    import numpy as np
+
+    from reflex_ros.calibration.embodiment import load_embodiment
+    from reflex_ros.ros.runner import NodeProcessError, PolicyNodeProcess, ros_environment
+    from reflex_ros.sim import loop_report
+    from reflex_ros.sim.demo_monitor import LoopMonitor
+
+    emb = load_embodiment(EMBODIMENT)
+    console.line(
+        f"[demo] export {export_dir} | embodiment {EMBODIMENT} | actuation delay {args.actuation_delay_ms:g} ms | "
+        f"calibration cache {cache_path} | logs {log_dir}"
+    )
+    sim_time = args.real_time_factor != 1.0
+    sim_params = list(DEMO_SIM_PARAMS)
+    node_params: dict[str, Any] = {"calibration_cache": str(cache_path), "instruction": args.instruction}
+    try:
+        node_params.update(_parse_params(args.policy_param))
+    except ValueError as exc:
+        console.line(f"reflex-ros demo: {exc}")
+        return 2
+    control_hz = float(node_params.get("control_frequency_hz", emb.control_frequency_hz))
+    execute_steps = int(node_params.get("execute_steps", emb.execute_steps))
+    target_hz = control_hz / execute_steps
+    if sim_time:
+        sim_params += ["publish_clock:=true", f"real_time_factor:={float(args.real_time_factor)!r}"]
+        node_params["use_sim_time"] = True
+    monitor = LoopMonitor(emb.joint_names, policy_node=f"/{POLICY_NODE}", use_sim_time=sim_time)
+    sim = SimProcess(
+        args.actuation_delay_ms, log_dir / "sim.log", ros_environment(), sim_params + args.sim_param
+    )
+    node_log = open(log_dir / "policy_node.log", "w")  # noqa: SIM115 - closed below
+    failure: str | None = None
+    ran_s = 0.0
+
+    def node_line(line: str) -> None:
+        node_log.write(line + "\n")
+        node_log.flush()
+        if args.verbose:
+            console.line("  node | " + line)
+        elif "[auto-calibrate]" in line or "ERROR" in line or "FATAL" in line:
+            console.line("  node | " + line.split("]: ", 1)[-1])  # drop the rclpy prefix
+
+    wall_t0 = time.monotonic()
+    try:
+        t0 = time.monotonic()
+        if not _wait(lambda: monitor.counts()[0] >= 10 and monitor.counts()[1] >= 1, STARTUP_TIMEOUT_S, stop,
+                     lambda: sim.alive):  # fmt: skip
+            if stop.is_set():
+                return 1
+            failure = "the simulated arm did not come up:\n" + sim.tail()
+        else:
+            console.line(f"[demo] sim up in {time.monotonic() - t0:.1f} s (joint states + camera flowing)")
+        if failure is None and not stop.is_set():
+            t1 = time.monotonic()
+            node = PolicyNodeProcess(
+                export_dir,
+                embodiment=EMBODIMENT,
+                auto_calibrate=True,
+                node_name=POLICY_NODE,
+                parameters=node_params,
+                log=node_line,
+            )
+            try:
+                with node:
+                    console.line(f"[demo] policy node configured and active in {time.monotonic() - t1:.1f} s")
+                    start = monitor.now_s()
+                    while not stop.is_set():
+                        ran_s = monitor.now_s() - start
+                        if ran_s >= args.duration_s:
+                            break
+                        if not node.alive or not sim.alive:
+                            failure = (
+                                "the policy node exited"
+                                if not node.alive
+                                else "the sim exited:\n" + sim.tail()
+                            )
+                            break
+                        console.status(_status_text(ran_s, args.duration_s, monitor, target_hz,
+                                                    emb.latency_compensation_ms))  # fmt: skip
+                        stop.wait(min(1.0, max(0.05, args.duration_s - ran_s)))
+                    console.end_status()
+                    console.line("[demo] stopping: deactivate (hold) -> cleanup -> shutdown, then the sim")
+            except NodeProcessError as exc:
+                failure = f"policy node: {exc}"
+        time.sleep(0.5)  # let the hold trajectory and last messages reach the monitor
+    finally:
+        console.end_status()
+        sim_code = sim.stop()
+        recording = monitor.snapshot()
+        monitor.close()
+        node_log.close()
+
+    model_hash = recording.model_hash
+    summary = loop_report.summarize(
+        recording,
+        lower=np.asarray(emb.position_lower),
+        upper=np.asarray(emb.position_upper),
+        control_frequency_hz=control_hz,
+        execute_steps=execute_steps,
+        cold_start_latency_ms=emb.latency_compensation_ms,
+        injected_delay_ms=args.actuation_delay_ms,
+        duration_s=ran_s,
+        cache_path=cache_path,
+        cache_entry=_cache_entry(cache_path, model_hash),
+        real_time_factor=args.real_time_factor,
+    )
+    summary["sim_exit_code"] = sim_code
+    summary["wall_s"] = time.monotonic() - wall_t0
+    if failure is None and stop.is_set() and ran_s < args.duration_s:
+        console.line(f"[demo] interrupted after {ran_s:.0f} s")
+    if failure is None and summary["chunks"] == 0:
+        failure = "no action chunks were published (see the policy node log)"
+    if failure is None and summary["points_outside"]:
+        failure = f"{summary['points_outside']} published points outside the {EMBODIMENT} limits"
+    summary["failure"] = failure
+    console.line("")
+    console.line(loop_report.format_table(summary))
+    console.line(f"  logs: {log_dir}")
+    if args.summary_json:
+        loop_report.write_json(summary, Path(args.summary_json).expanduser())
+    if failure is not None:
+        print(f"reflex-ros demo: FAILED: {failure}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,495 @@
+"""The simulated SO-101 arm as a ROS 2 node: joint states and a camera out, trajectories in.
+
+Three threads, so that the slow part never stalls the fast ones:
+
+* **physics** steps MuJoCo in real time against the wall clock (ROS system time), samples the
+  trajectory executor every step, pushes the command through the actuation delay line, and
+  publishes ``/joint_states`` stamped with the sim time of the state it reports;
+* **render** owns the GL context (MuJoCo binds it to its creating thread) and renders the
+  newest ``qpos`` snapshot the physics thread handed over at each camera tick (~40 ms a frame
+  on llvmpipe); the image is stamped with the sim time of that snapshot, i.e. the state it
+  shows, not the time rendering finished;
+* the **ROS executor** (the caller's thread) receives trajectories and parameter changes.
+
+Sim time: stamps are ``epoch + physics time``. In real time (the default) the epoch is the ROS
+time at start, so stamps agree with every other node's clock. With ``publish_clock`` the
+epoch is 0, ``/clock`` is published and ``real_time_factor`` may differ from 1; other nodes
+then need ``use_sim_time:=true``.
+
+Run it with ``reflex-ros sim`` or ``python -m reflex_ros.sim.sim_node --ros-args -p ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import rclpy
+from builtin_interfaces.msg import Time as TimeMsg
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from rclpy.exceptions import ParameterUninitializedException
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.signals import SignalHandlerOptions
+from rosgraph_msgs.msg import Clock
+from sensor_msgs.msg import Image, JointState
+from trajectory_msgs.msg import JointTrajectory
+
+from reflex_ros.sim.arm import DEFAULT_CAMERA, ArmRenderer, SimArm
+from reflex_ros.sim.trajectory_executor import CommandDelayLine, TimedTrajectory, TrajectoryExecutor
+
+NODE_NAME = "so101_sim"
+DEFAULT_TRAJECTORY_TOPIC = "/reflex_policy/joint_trajectory"
+# Physics may fall this far behind the wall clock (a loaded machine) before it stops
+# catching up and jumps ahead instead (the world freezes for the gap; stamps stay true).
+MAX_CATCH_UP_NS = 500_000_000
+STEPS_PER_BURST = 25  # then yield the GIL so the ROS executor and renderer keep running
+LOG_THROTTLE_S = 2.0
+
+
+def ns_to_time_msg(ns: int) -> TimeMsg:
+    return TimeMsg(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
+
+
+def time_msg_to_ns(stamp: TimeMsg) -> int:
+    return stamp.sec * 1_000_000_000 + stamp.nanosec
+
+
+def trajectory_from_msg(msg: JointTrajectory) -> TimedTrajectory:
+    """JointTrajectory -> TimedTrajectory; raises ValueError naming the malformed point."""
+    names = tuple(msg.joint_names)
+    times = []
+    rows = []
+    for i, point in enumerate(msg.points):
+        if len(point.positions) != len(names):
+            raise ValueError(
+                f"point {i} has {len(point.positions)} positions for {len(names)} joints "
+                "(this arm executes position trajectories)"
+            )
+        times.append(point.time_from_start.sec * 1_000_000_000 + point.time_from_start.nanosec)
+        rows.append(point.positions)
+    positions = np.asarray(rows, dtype=np.float64).reshape(len(rows), len(names))
+    return TimedTrajectory(
+        names, np.asarray(times, dtype=np.int64), positions, time_msg_to_ns(msg.header.stamp)
+    )
+
+
+@dataclass
+class SimStats:
+    """Counters for the shutdown summary (and tests reading the log)."""
+
+    steps: int = 0
+    joint_states: int = 0
+    frames: int = 0
+    frames_skipped: int = 0  # camera ticks whose snapshot was replaced before rendering
+    trajectories_accepted: int = 0
+    trajectories_rejected: int = 0
+    realtime_jumps: int = 0
+
+
+class _RenderSlot:
+    """Newest-wins handoff of (stamp, qpos) from physics to the render thread."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._item: tuple[int, np.ndarray] | None = None
+
+    def put(self, stamp_ns: int, qpos: np.ndarray) -> bool:
+        """Store a snapshot; returns True when it replaced one not yet rendered."""
+        with self._cond:
+            replaced = self._item is not None
+            self._item = (stamp_ns, qpos)
+            self._cond.notify()
+        return replaced
+
+    def take(self, timeout_s: float) -> tuple[int, np.ndarray] | None:
+        with self._cond:
+            if self._item is None:
+                self._cond.wait(timeout_s)
+            item, self._item = self._item, None
+        return item
+
+
+def _float_param(description: str, lo: float, hi: float, read_only: bool = True) -> ParameterDescriptor:
+    return ParameterDescriptor(
+        description=description,
+        read_only=read_only,
+        floating_point_range=[FloatingPointRange(from_value=lo, to_value=hi, step=0.0)],
+    )
+
+
+def _int_param(description: str, lo: int, hi: int) -> ParameterDescriptor:
+    return ParameterDescriptor(
+        description=description,
+        read_only=True,
+        integer_range=[IntegerRange(from_value=lo, to_value=hi, step=1)],
+    )
+
+
+class SimNode(Node):
+    """MuJoCo SO-101 arm executing JointTrajectory messages with JTC semantics."""
+
+    def __init__(self, **node_kwargs) -> None:
+        super().__init__(NODE_NAME, **node_kwargs)
+        p = self._declare_parameters()
+        self.arm = SimArm()
+        names = self.arm.joint_names
+        initial = np.zeros(len(names))
+        if p["initial_positions"]:
+            if len(p["initial_positions"]) != len(names):
+                raise ValueError(f"initial_positions needs {len(names)} values for {names}")
+            initial = np.asarray(p["initial_positions"], dtype=np.float64)
+        self.arm.set_positions(initial)
+
+        self.stats = SimStats()
+        self._lock = threading.Lock()  # guards arm, executor and delay line
+        self._executor = TrajectoryExecutor(names, initial, defer_future=p["defer_future_trajectories"])
+        self._delay = CommandDelayLine(int(round(p["actuation_delay_ms"] * 1e6)), initial)
+        self._open_loop = p["open_loop_control"]
+        self._step_ns = int(round(self.arm.timestep_s * 1e9))
+        self._js_period_ns = int(round(1e9 / p["joint_state_rate_hz"]))
+        self._cam_period_ns = int(round(1e9 / p["camera_rate_hz"])) if p["camera_rate_hz"] > 0 else 0
+        self._image_size = p["image_size"]
+        self._camera = p["camera"]
+        self._publish_clock = p["publish_clock"]
+        self._rtf = p["real_time_factor"]
+        if self._rtf != 1.0 and not self._publish_clock:
+            raise ValueError(
+                "real_time_factor != 1 needs publish_clock:=true (and use_sim_time:=true on the "
+                "other nodes); otherwise stamps would drift away from their ROS time"
+            )
+        self._clock_period_ns = int(round(1e9 / p["clock_rate_hz"]))
+        self._epoch_ns = 0 if self._publish_clock else time.time_ns()
+        self._sim_ns = 0  # physics time since the epoch; written by the physics thread only
+
+        reliable = QoSProfile(
+            depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST
+        )
+        # Reliable keep-last-2 images match both reliable and best-effort (sensor-data)
+        # subscribers, and a slow subscriber only ever gets the newest frames.
+        image_qos = QoSProfile(
+            depth=2, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST
+        )
+        image_topic = p["image_topic"] or f"/camera/{self._camera}/image_raw"
+        self._js_pub = self.create_publisher(JointState, p["joint_states_topic"], reliable)
+        self._image_pub = self.create_publisher(Image, image_topic, image_qos)
+        self._clock_pub = self.create_publisher(Clock, "/clock", 10) if self._publish_clock else None
+        self._traj_sub = self.create_subscription(
+            JointTrajectory, p["trajectory_topic"], self._on_trajectory, reliable
+        )
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+
+        self._stop = threading.Event()
+        self._render_slot = _RenderSlot()
+        self._render_ready = threading.Event()
+        self._physics_thread = threading.Thread(target=self._physics_loop, name="sim-physics", daemon=True)
+        self._render_thread = threading.Thread(target=self._render_loop, name="sim-render", daemon=True)
+        self.get_logger().info(
+            f"SO-101 sim: joints {list(names)}; {p['joint_states_topic']} at {p['joint_state_rate_hz']:g} Hz; "
+            f"{image_topic} {self._image_size}x{self._image_size} rgb8 at {p['camera_rate_hz']:g} Hz; "
+            f"trajectories from {p['trajectory_topic']} "
+            f"({'deferred until their stamp' if p['defer_future_trajectories'] else 'take over on arrival'}"
+            f"{', open loop' if p['open_loop_control'] else ''}); actuation delay {p['actuation_delay_ms']:g} ms; "
+            + (f"sim time on /clock at {self._rtf:g}x real time" if self._publish_clock else "real time")
+        )
+
+    # ---------------------------------------------------------------- parameters
+    def _declare_parameters(self) -> dict:
+        specs = {
+            "joint_state_rate_hz": (100.0, _float_param("JointState publish rate (sim time)", 1.0, 500.0)),
+            "camera_rate_hz": (
+                15.0,
+                _float_param("camera frame rate (sim time); 0 disables the camera", 0.0, 60.0),
+            ),
+            "image_size": (128, _int_param("square image side in pixels", 16, 1024)),
+            "camera": (
+                DEFAULT_CAMERA,
+                ParameterDescriptor(description="MJCF camera to render", read_only=True),
+            ),
+            "image_topic": (
+                "",
+                ParameterDescriptor(
+                    description="image topic; empty = /camera/<camera>/image_raw", read_only=True
+                ),
+            ),
+            "joint_states_topic": (
+                "/joint_states",
+                ParameterDescriptor(description="JointState output topic", read_only=True),
+            ),
+            "trajectory_topic": (
+                DEFAULT_TRAJECTORY_TOPIC,
+                ParameterDescriptor(
+                    description="JointTrajectory input topic (executed like ros2_control JTC)", read_only=True
+                ),
+            ),
+            "actuation_delay_ms": (
+                0.0,
+                _float_param(
+                    "delay between the executor's command and the actuators (bus/servo lag); live",
+                    0.0,
+                    2000.0,
+                    read_only=False,
+                ),
+            ),
+            "open_loop_control": (
+                False,
+                ParameterDescriptor(
+                    description="start each new trajectory from the last command instead of the measured state (JTC open_loop_control)",
+                    read_only=True,
+                ),
+            ),
+            "defer_future_trajectories": (
+                False,
+                ParameterDescriptor(
+                    description="a future-stamped trajectory waits for its stamp while the active one keeps running "
+                    "(JTC trajectory deferral); false = it takes over on arrival (Humble/Jazzy JTC)",
+                    read_only=True,
+                ),
+            ),
+            "initial_positions": (
+                Parameter.Type.DOUBLE_ARRAY,
+                ParameterDescriptor(
+                    description="start pose, one value per joint; empty = zeros", read_only=True
+                ),
+            ),
+            "publish_clock": (
+                False,
+                ParameterDescriptor(description="publish /clock from sim time (starts at 0)", read_only=True),
+            ),
+            "real_time_factor": (
+                1.0,
+                _float_param("sim seconds per wall second; != 1 needs publish_clock", 0.05, 20.0),
+            ),
+            "clock_rate_hz": (250.0, _float_param("/clock publish rate (sim time)", 10.0, 1000.0)),
+        }
+        values = {}
+        for name, (default, descriptor) in specs.items():
+            self.declare_parameter(name, default, descriptor)
+            try:
+                values[name] = self.get_parameter(name).value
+            except ParameterUninitializedException:  # a typed parameter nobody set
+                values[name] = None
+        values["initial_positions"] = list(values["initial_positions"] or [])
+        return values
+
+    def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
+        for param in params:
+            if param.name == "actuation_delay_ms":
+                with self._lock:
+                    self._delay.delay_ns = int(round(float(param.value) * 1e6))
+                self.get_logger().info(f"actuation delay now {float(param.value):g} ms")
+        return SetParametersResult(successful=True)
+
+    # ---------------------------------------------------------------- time
+    def sim_now_ns(self) -> int:
+        """Stamp of the newest physics state (ROS time in real-time mode)."""
+        return self._epoch_ns + self._sim_ns
+
+    def _target_sim_ns(self, mono0_ns: int) -> int:
+        if self._publish_clock:
+            return int((time.monotonic_ns() - mono0_ns) * self._rtf)
+        return time.time_ns() - self._epoch_ns
+
+    # ---------------------------------------------------------------- trajectories
+    def _on_trajectory(self, msg: JointTrajectory) -> None:
+        try:
+            trajectory = trajectory_from_msg(msg)
+        except ValueError as exc:
+            self.stats.trajectories_rejected += 1
+            self.get_logger().error(f"trajectory rejected: {exc}", throttle_duration_sec=LOG_THROTTLE_S)
+            return
+        with self._lock:
+            now_ns = self.sim_now_ns()
+            measured = None if self._open_loop else self.arm.state().positions
+            result = self._executor.submit(trajectory, now_ns, measured)
+        if result.unknown_joints:
+            self.get_logger().warning(
+                f"ignoring unknown joints {list(result.unknown_joints)}; this arm has {list(self.arm.joint_names)}",
+                throttle_duration_sec=LOG_THROTTLE_S,
+            )
+        if result.accepted:
+            self.stats.trajectories_accepted += 1
+        else:
+            self.stats.trajectories_rejected += 1
+            self.get_logger().warning(
+                f"trajectory rejected: {result.reason}", throttle_duration_sec=LOG_THROTTLE_S
+            )
+
+    # ---------------------------------------------------------------- threads
+    def start(self) -> None:
+        """Start rendering, then physics: creating the GL context takes a while and holds the
+        GIL, so the clock starts only once the camera is ready (or has failed)."""
+        if self._cam_period_ns:
+            self._render_thread.start()
+            self._render_ready.wait(timeout=30.0)
+        if not self._publish_clock:
+            self._epoch_ns = time.time_ns()
+        self._physics_thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in (self._physics_thread, self._render_thread):
+            if thread.is_alive():
+                thread.join(timeout=5.0)
+
+    def _physics_loop(self) -> None:
+        try:
+            self._run_physics()
+        except Exception as exc:  # noqa: BLE001 - report, never die silently
+            self.get_logger().fatal(f"physics thread stopped: {exc!r}")
+            raise
+
+    def _run_physics(self) -> None:
+        js = JointState()
+        js.name = list(self.arm.joint_names)
+        step_ns = self._step_ns
+        next_js_ns = next_cam_ns = next_clock_ns = 0
+        mono0_ns = time.monotonic_ns()
+        while not self._stop.is_set():
+            target_ns = self._target_sim_ns(mono0_ns)
+            if target_ns - self._sim_ns > MAX_CATCH_UP_NS:
+                self.stats.realtime_jumps += 1
+                self.get_logger().warning(
+                    f"physics fell {(target_ns - self._sim_ns) / 1e6:.0f} ms behind the wall clock; jumping ahead",
+                    throttle_duration_sec=LOG_THROTTLE_S,
+                )
+                self._sim_ns = target_ns - step_ns
+                next_js_ns = next_cam_ns = next_clock_ns = self._sim_ns
+            for _ in range(STEPS_PER_BURST):
+                if self._sim_ns + step_ns > target_ns:
+                    break
+                state = qpos = None
+                with self._lock:
+                    t_ns = self._epoch_ns + self._sim_ns
+                    command = self._executor.sample(t_ns)
+                    self._delay.push(t_ns, command)
+                    self.arm.set_command(self._delay.output(t_ns))
+                    self.arm.step()
+                    self._sim_ns += step_ns
+                    if self._sim_ns >= next_js_ns:
+                        state = self.arm.state()
+                    if self._cam_period_ns and self._sim_ns >= next_cam_ns:
+                        qpos = self.arm.qpos_snapshot()
+                self.stats.steps += 1
+                stamp_ns = self._epoch_ns + self._sim_ns
+                if state is not None:
+                    next_js_ns += self._js_period_ns
+                    js.header.stamp = ns_to_time_msg(stamp_ns)
+                    js.position = state.positions.tolist()
+                    js.velocity = state.velocities.tolist()
+                    js.effort = state.efforts.tolist()
+                    self._js_pub.publish(js)
+                    self.stats.joint_states += 1
+                if qpos is not None:
+                    next_cam_ns += self._cam_period_ns
+                    if self._render_slot.put(stamp_ns, qpos):
+                        self.stats.frames_skipped += 1
+                if self._clock_pub is not None and self._sim_ns >= next_clock_ns:
+                    next_clock_ns += self._clock_period_ns
+                    self._clock_pub.publish(Clock(clock=ns_to_time_msg(stamp_ns)))
+            ahead_ns = self._sim_ns + step_ns - self._target_sim_ns(mono0_ns)
+            # Sleep until the next step is due (in wall time); sleep(0) just yields the GIL.
+            time.sleep(max(0.0, ahead_ns / 1e9 / (self._rtf if self._publish_clock else 1.0)))
+
+    def _render_loop(self) -> None:
+        try:
+            renderer = ArmRenderer(self.arm.model, self._image_size, self._camera)
+            renderer.render(self.arm.qpos_snapshot())  # the first frame pays for shader setup
+        except Exception as exc:  # noqa: BLE001 - the arm still runs without a camera
+            self._render_ready.set()
+            self.get_logger().error(
+                f"camera disabled, offscreen rendering failed: {exc}. Headless hosts need MUJOCO_GL=egl "
+                "and an EGL driver (e.g. Mesa: apt-get install libegl1 libgl1-mesa-dri)"
+            )
+            return
+        self._render_ready.set()
+        image = Image()
+        image.header.frame_id = f"{self._camera}_camera"
+        image.height = image.width = self._image_size
+        image.encoding = "rgb8"
+        image.step = 3 * self._image_size
+        try:
+            while not self._stop.is_set():
+                item = self._render_slot.take(timeout_s=0.1)
+                if item is None:
+                    continue
+                stamp_ns, qpos = item
+                pixels = renderer.render(qpos)
+                image.header.stamp = ns_to_time_msg(stamp_ns)
+                image.data = pixels.tobytes()
+                self._image_pub.publish(image)
+                self.stats.frames += 1
+        finally:
+            renderer.close()
+
+
+def run_sim(ros_args: list[str] | None = None, duration_s: float | None = None) -> int:
+    """Run the sim node until ``duration_s`` elapses, Ctrl-C or SIGTERM. Returns an exit code.
+
+    Signals only set a flag: rclpy's own handlers would invalidate the context while the
+    physics and render threads still publish; here they are stopped first, then rclpy.
+    """
+    rclpy.init(args=["reflex-ros-sim", *(ros_args or [])], signal_handler_options=SignalHandlerOptions.NO)
+    stop = threading.Event()
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    node = None
+    try:
+        try:
+            node = SimNode()
+        except ValueError as exc:
+            print(f"reflex-ros sim: {exc}", file=sys.stderr)
+            return 2
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        node.start()
+        deadline = None if duration_s is None else time.monotonic() + duration_s
+        while not stop.is_set() and rclpy.ok() and (deadline is None or time.monotonic() < deadline):
+            executor.spin_once(timeout_sec=0.1)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.stop()
+            s = node.stats
+            print(
+                f"[{NODE_NAME}] stopped: {s.steps} physics steps, {s.joint_states} joint states, "
+                f"{s.frames} frames ({s.frames_skipped} camera ticks skipped), trajectories "
+                f"{s.trajectories_accepted} accepted / {s.trajectories_rejected} rejected, "
+                f"{s.realtime_jumps} real-time jumps",
+                flush=True,
+            )
+            node.destroy_node()
+        rclpy.try_shutdown()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m reflex_ros.sim.sim_node [--duration-s S] --ros-args -p name:=value ...``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ros_args: list[str] = []
+    if "--ros-args" in argv:
+        i = argv.index("--ros-args")
+        argv, ros_args = argv[:i], argv[i:]
+    parser = argparse.ArgumentParser(
+        prog="python -m reflex_ros.sim.sim_node", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--duration-s", type=float, default=None, help="stop after S seconds (default: run until Ctrl-C)"
+    )
+    args = parser.parse_args(argv)
+    return run_sim(ros_args, args.duration_s)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
