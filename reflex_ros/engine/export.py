@@ -33,7 +33,6 @@ from reflex_ros.engine.bundle import (
     load_bundle,
     monolithic_block,
     policy_block,
-    remediation,
     write_config,
 )
 from reflex_ros.engine.parity import (
@@ -403,7 +402,7 @@ def validate_export(
     Returns the report (``passed`` may be False: the caller decides the exit code); raises
     ExportError when the directory cannot be checked at all (missing, corrupt).
     """
-    from reflex_ros.engine.weights import load_policy
+    from reflex_ros.engine.loader import load_bundle_policy
 
     say = log or (lambda _msg: None)
     try:
@@ -411,15 +410,7 @@ def validate_export(
     except ValueError as exc:
         raise ReflexError(str(exc)) from None
     bundle = load_bundle(export_dir)
-    try:
-        model = load_policy(bundle.export_dir, device="cpu", dtype="fp32").eval()
-    except ReflexError:
-        raise
-    except Exception as exc:
-        raise ExportError(
-            f"could not load the policy weights in {bundle.export_dir} ({type(exc).__name__}: {exc}); "
-            f"{remediation(bundle.export_dir, bundle.preset)}"
-        ) from None
+    model = load_bundle_policy(bundle, device="cpu", dtype="fp32").eval()
     report = run_parity(bundle.export_dir, model, threshold=limit, fixtures=fixtures, seed=seed)
     say(report.format_table())
     return report

@@ -48,19 +48,15 @@ def load_engine(
     return _load_torch(bundle, provider, dtype, cuda_graph, **kwargs)
 
 
-def _load_torch(bundle, provider: str | None, dtype: str, cuda_graph: bool, **kwargs) -> Engine:
-    import torch
+def load_bundle_policy(bundle, device: str = "cpu", dtype: str = "fp32"):
+    """The torch policy stored in an export, as an ExportError (with the fix) if it won't load.
 
-    from reflex_ros.engine.torch_runtime import TorchEngine, resolve_device
-    from reflex_ros.engine.weights import load_policy, resolve_dtype
+    Shared by the torch engine and `reflex-ros validate`, which both rebuild the policy the
+    ONNX graphs were exported from."""
+    from reflex_ros.engine.weights import load_policy
 
     try:
-        device = resolve_device(provider or ("cuda" if torch.cuda.is_available() else "cpu"), cuda_graph)
-        resolve_dtype(dtype)
-    except (RuntimeError, ValueError) as exc:  # torch.device("bogus") / unknown dtype name
-        raise ProviderUnavailableError(f"torch engine: {exc}") from None
-    try:
-        model = load_policy(bundle.export_dir, device=device, dtype=dtype)  # straight to the device
+        return load_policy(bundle.export_dir, device=device, dtype=dtype)
     except ReflexError:
         raise
     except Exception as exc:
@@ -68,6 +64,20 @@ def _load_torch(bundle, provider: str | None, dtype: str, cuda_graph: bool, **kw
             f"could not load the policy weights in {bundle.export_dir} ({type(exc).__name__}: {exc}); "
             f"{remediation(bundle.export_dir, bundle.preset)}"
         ) from None
+
+
+def _load_torch(bundle, provider: str | None, dtype: str, cuda_graph: bool, **kwargs) -> Engine:
+    import torch
+
+    from reflex_ros.engine.torch_runtime import TorchEngine, resolve_device
+    from reflex_ros.engine.weights import resolve_dtype
+
+    try:
+        device = resolve_device(provider or ("cuda" if torch.cuda.is_available() else "cpu"), cuda_graph)
+        resolve_dtype(dtype)
+    except (RuntimeError, ValueError) as exc:  # torch.device("bogus") / unknown dtype name
+        raise ProviderUnavailableError(f"torch engine: {exc}") from None
+    model = load_bundle_policy(bundle, device=device, dtype=dtype)  # straight to the device
     # The torch engine runs the same loop as the decomposed graphs: any NFE the export serves.
     variant = "decomposed" if "decomposed" in bundle.variants else bundle.default_variant
     return TorchEngine(
