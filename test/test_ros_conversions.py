@@ -151,3 +151,14 @@ def test_ros_free_modules_do_not_import_rclpy() -> None:
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('rclpy', 'torch')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_joint_state_cached_index_follows_a_changed_name_order() -> None:
+    joints = ["shoulder", "elbow"]
+    first = JointState(name=["shoulder", "elbow"], position=[1.0, 2.0])
+    np.testing.assert_array_equal(joint_state_to_vector(first, joints), [1.0, 2.0])
+    reordered = JointState(name=["elbow", "x", "shoulder"], position=[5.0, 0.0, 4.0])
+    np.testing.assert_array_equal(joint_state_to_vector(reordered, joints), [4.0, 5.0])
+    np.testing.assert_array_equal(joint_state_to_vector(first, joints), [1.0, 2.0])
+    with pytest.raises(ObservationError, match="'elbow' position is nan"):
+        joint_state_to_vector(JointState(name=["elbow", "shoulder"], position=[float("nan"), 0.0]), joints)

@@ -43,3 +43,23 @@ def test_action_chunk_and_hold_messages() -> None:
     hold = hold_trajectory_msg(np.array([0.1, 0.2, 0.3]), NAMES, 20_000_000)
     assert (hold.header.stamp.sec, hold.header.stamp.nanosec) == (0, 0) and len(hold.points) == 1
     assert list(hold.points[0].velocities) == [0.0] * 3
+
+
+def test_serialized_trajectory_reads_back_as_the_fresh_message() -> None:
+    """The control loop publishes patched CDR bytes; a subscriber must get exactly the
+    message trajectory_msg builds, for every shape and rate, with the layout reused."""
+    from rclpy.serialization import deserialize_message
+    from trajectory_msgs.msg import JointTrajectory
+
+    builder = TrajectoryBuilder()
+    cases = [(48, 20_000_000), (48, 20_000_000), (10, 20_000_000), (50, 33_333_333), (3, 1_500_000_000), (1, 20_000_000)]
+    for seed, (n, dt_ns) in enumerate(cases):
+        plan = _plan(n, dt_ns, seed)
+        raw = builder.serialized(plan, NAMES)
+        assert isinstance(raw, bytes)
+        assert _as_tuple(deserialize_message(raw, JointTrajectory)) == _as_tuple(trajectory_msg(plan, NAMES))
+    negative = PlannedChunk(positions=-np.ones((2, 3)), velocities=np.zeros((2, 3)), stamp_ns=-1_500_000_000,
+                            skipped_steps=0, dt_ns=20_000_000)
+    got = deserialize_message(builder.serialized(negative, NAMES, "base"), JointTrajectory)
+    assert (got.header.stamp.sec, got.header.stamp.nanosec, got.header.frame_id) == (-2, 500_000_000, "base")
+    assert _as_tuple(got) == _as_tuple(trajectory_msg(negative, NAMES))

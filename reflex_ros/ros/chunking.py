@@ -110,31 +110,32 @@ def rate_limit(targets: np.ndarray, start: np.ndarray, max_delta: np.ndarray,
     ``first_step_scale`` times that). Returns the limited rows and how many values changed.
 
     Each row depends on the previous limited one, so this is a scan. The common case (no
-    limit hit) is checked vectorised; otherwise a plain-float loop runs, which for a 50x7
-    chunk is several times faster than per-row numpy calls (this is on the publish path).
+    limit hit) is checked vectorised; otherwise a plain-float loop runs, one joint at a time
+    (joints are independent), which for a 50x7 chunk is several times faster than per-row
+    numpy calls and ~1.3x faster than a row-major loop (this is on the publish path).
     """
     steps = np.diff(targets, axis=0, prepend=start[None, :])
     allowed = np.broadcast_to(max_delta, steps.shape).copy()
     allowed[0] *= first_step_scale
     if np.all(np.abs(steps) <= allowed):
         return targets.copy(), 0
-    prev = start.tolist()
-    dmax = max_delta.tolist()
-    first = [d * first_step_scale for d in dmax]
-    rows = targets.tolist()
     changed = 0
-    for i, row in enumerate(rows):
-        limits = first if i == 0 else dmax
-        for j, target in enumerate(row):
-            delta = target - prev[j]
-            m = limits[j]
-            if delta > m:
-                delta, changed = m, changed + 1
-            elif delta < -m:
-                delta, changed = -m, changed + 1
-            prev[j] += delta
-            row[j] = prev[j]
-    return np.asarray(rows, dtype=np.float64), changed
+    columns = []
+    for target_col, prev, m in zip(targets.T.tolist(), start.tolist(), max_delta.tolist(), strict=True):
+        col = []
+        append = col.append
+        limit = m * first_step_scale  # the first row's limit, then one step's
+        for target in target_col:
+            delta = target - prev
+            if delta > limit:
+                delta, changed = limit, changed + 1
+            elif delta < -limit:
+                delta, changed = -limit, changed + 1
+            prev += delta
+            append(prev)
+            limit = m
+        columns.append(col)
+    return np.array(columns, dtype=np.float64).T.copy(), changed
 
 
 def plan_chunk(

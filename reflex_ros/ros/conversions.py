@@ -123,6 +123,16 @@ def resize_rgb(rgb: np.ndarray, size: int) -> np.ndarray:
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
+@lru_cache(maxsize=64)
+def _joint_index(names: tuple[str, ...], joint_names: tuple[str, ...]) -> np.ndarray | None:
+    """Where each of ``joint_names`` sits in a JointState's ``names`` (None if one is missing).
+    Cached: a driver publishes the same names in the same order every time."""
+    index = {name: i for i, name in enumerate(names)}
+    if any(joint not in index for joint in joint_names):
+        return None
+    return np.array([index[joint] for joint in joint_names], dtype=np.intp)
+
+
 def joint_state_to_vector(msg: Any, joint_names: list[str] | tuple[str, ...],
                           topic: str = "<joint_states>") -> np.ndarray:
     """Positions of ``joint_names``, in that order, from a ``sensor_msgs/JointState``.
@@ -130,19 +140,29 @@ def joint_state_to_vector(msg: Any, joint_names: list[str] | tuple[str, ...],
     Taken by name, never by index: drivers publish joints in any order and often more
     joints than the policy drives (a silent joint-order mismatch produces garbage actions).
     """
-    names = list(msg.name)
+    names = tuple(msg.name)
     positions = np.asarray(msg.position, dtype=np.float64)
     if positions.size != len(names):
         raise ObservationError(
             f"{topic}: JointState has {len(names)} names but {positions.size} positions"
         )
+    index = _joint_index(names, tuple(joint_names))
+    if index is not None:
+        values = positions[index]
+        if np.isfinite(values).all():
+            return values.astype(np.float32)
+    return _joint_state_slow(names, positions, joint_names, topic)  # raises the precise error
+
+
+def _joint_state_slow(names: tuple[str, ...], positions: np.ndarray,
+                      joint_names: list[str] | tuple[str, ...], topic: str) -> np.ndarray:
     index = {name: i for i, name in enumerate(names)}
     out = np.empty(len(joint_names), dtype=np.float32)
     for j, joint in enumerate(joint_names):
         i = index.get(joint)
         if i is None:
             raise ObservationError(
-                f"{topic}: joint {joint!r} missing from JointState; it has {names}"
+                f"{topic}: joint {joint!r} missing from JointState; it has {list(names)}"
             )
         value = positions[i]
         if not np.isfinite(value):

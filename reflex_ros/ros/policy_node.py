@@ -709,7 +709,7 @@ class PolicyNode(LifecycleNode):
             self.stats.last_error = str(exc)
             self._log_throttled("chunk", "error", f"chunk not published: {exc}")
             return
-        traj = self._traj_builder.build(plan, joint_names)
+        traj = self._traj_builder.serialized(plan, joint_names)  # CDR bytes: no per-point objects
         chunk = action_chunk_msg(
             plan, joint_names, latency_compensation_ms=s.latency_compensation_ms,
             inference_ms=float(result.timings_ms.get("total", infer_ms)), nfe=result.nfe,
