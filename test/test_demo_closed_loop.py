@@ -15,7 +15,7 @@ note in the report; no timing thresholds are asserted, only loop-internal relati
   phase, which is drawn anew each run and moves observation-to-publish by up to a camera
   period between runs; 14.3 Hz sweeps all phases within each run;
 * execute_steps 5 (6 chunks/s): the latency tracker needs >= 45 chunks before it updates, so
-  the runs learn within 16 s of sim time (~37 s of wall time each);
+  the runs learn within ~8-16 s of the 20 s of sim time (~45 s of wall time each);
 * joint states at 250 Hz: chunk splices are steps in the command, so the lag estimate resolves
   to the joint-state interval (at 100 Hz the estimates snap to ~10 ms steps).
 """
@@ -37,7 +37,7 @@ pytest.importorskip("mujoco")
 from reflex_ros.calibration.embodiment import load_embodiment  # noqa: E402
 
 DELAYS_MS = (0.0, 80.0)
-SIM_SECONDS = 16.0
+SIM_SECONDS = 20.0  # the tracker learns after ~45 chunks (~8 s); the rest is slack for a loaded machine
 RUN_TIMEOUT_S = 180.0  # generous: a loaded machine is slower, never flaky
 DEMO_ARGS = (
     "--real-time-factor", "0.5",
@@ -118,9 +118,11 @@ def test_learned_compensation_exceeds_observation_to_publish(runs: dict[float, d
     )
     assert s["learned_latency_ms"] != s["cold_start_latency_ms"]
     assert s["learned_latency_ms"] > s["obs_to_publish_p95_ms"] > 0
-    # it was persisted to the cache the run was given
+    # it was persisted to the cache the run was given. Not compared for equality with the
+    # last chunk's value: an update that lands after the last chunk the monitor saw (at
+    # shutdown) is persisted but never published in a chunk.
     assert s["cache_entry_latency_source"] == "learned"
-    assert s["cache_entry_latency_ms"] == pytest.approx(s["learned_latency_ms"], abs=0.1)
+    assert s["cache_entry_latency_ms"] > s["obs_to_publish_p95_ms"]
 
 
 def test_injected_delay_raises_the_learned_compensation_by_the_delay(runs: dict[float, dict]):
