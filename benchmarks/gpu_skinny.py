@@ -24,6 +24,8 @@ import torch
 import triton
 import triton.language as tl
 
+from reflex_ros.engine.gpu_timing import graph_us as _graph_us
+
 LINES: list[str] = []
 LAYERS = 18
 
@@ -122,30 +124,10 @@ class Skinny:
         return out
 
 
+
 def graph_us(fns, reps: int = 3) -> float:
     """fns: one callable per layer copy; captured reps x len(fns) times; us per call."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for f in fns[:3]:
-            f()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(reps):
-            for f in fns:
-                f()
-    g.replay()
-    torch.cuda.synchronize()
-    best = float("inf")
-    for _ in range(7):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        best = min(best, a.elapsed_time(b) * 1e3 / (reps * len(fns)))
-    return best
+    return _graph_us(fns, reps=reps, trials=7)
 
 
 def gelu_mul_ref(gu):

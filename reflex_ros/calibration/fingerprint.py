@@ -38,16 +38,8 @@ FINGERPRINT_KEYS: tuple[str, ...] = (
 )
 
 # Compared in this order; the first difference becomes the reason a user reads.
-_COMPARED: tuple[str, ...] = (
-    "gpu_uuid",
-    "gpu_name",
-    "driver_version_major",
-    "driver_version_minor",
-    "cuda_version_major",
-    "cuda_version_minor",
-    "cpu_count",
-    "ram_gb",
-)
+# (compute_capability is not compared: it follows from the GPU name.)
+_COMPARED: tuple[str, ...] = tuple(k for k in FINGERPRINT_KEYS if k != "compute_capability")
 
 
 def reflex_version() -> str:
