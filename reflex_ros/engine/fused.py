@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from reflex_ros.engine.config import PolicyConfig
-from reflex_ros.engine.model import FlowPolicy, rope_tables, time_embedding
+from reflex_ros.engine.model import FlowPolicy, patchify, rope_tables, time_embedding
 from reflex_ros.engine.schedule import euler_schedule
 
 try:  # Triton ships with CUDA builds of torch; CPU-only installs run the torch backend
@@ -530,12 +530,8 @@ class FusedPolicy:
         """uint8 [B, N, H, W, 3] -> image tokens [B, N*patches, width]."""
         vis, ops = self.model.vision, self.ops
         vc = self.cfg
-        B, N, Hh, Ww, Cc = images_u8.shape
-        p = vc.patch_size
-        dtype = vis.patch_embed.weight.dtype
-        x = (images_u8.to(torch.float32) * (2.0 / 255.0) - 1.0).to(dtype)
-        x = x.reshape(B * N, Hh // p, p, Ww // p, p, Cc).permute(0, 1, 3, 2, 4, 5)
-        x = x.reshape(B * N, (Hh // p) * (Ww // p), p * p * Cc)
+        B, N = images_u8.shape[:2]
+        x = patchify(images_u8, vc.patch_size, vis.patch_embed.weight.dtype)
         x = vis.patch_embed(x) + vis.pos_emb
         BN, n, W = x.shape
         x = x.reshape(BN * n, W)

@@ -193,6 +193,19 @@ class VisionBlock(nn.Module):
         return x + self.fc2(F.gelu(self.fc1(self.ln2(x)), approximate="tanh"))
 
 
+def patchify(images_u8: torch.Tensor, patch_size: int, dtype: torch.dtype) -> torch.Tensor:
+    """uint8 [B, N, H, W, 3] -> normalised patches [B*N, patches, p*p*3] in ``dtype``.
+
+    uint8 -> [-1, 1] in fp32 (exact), then to the compute dtype, so it runs on the device;
+    patchify by reshape (== a stride-p conv, but one plain matmul). Shared by the eager model
+    and the fused CUDA-graph path so both see identical pixels."""
+    B, N, H, W, C = images_u8.shape
+    p = patch_size
+    x = (images_u8.to(torch.float32) * (2.0 / 255.0) - 1.0).to(dtype)
+    x = x.reshape(B * N, H // p, p, W // p, p, C).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(B * N, (H // p) * (W // p), p * p * C)
+
+
 class VisionEncoder(nn.Module):
     """uint8 images [B, N, H, W, 3] -> image tokens [B, N*patches, out_width]."""
 
@@ -209,15 +222,8 @@ class VisionEncoder(nn.Module):
         self.proj = nn.Linear(cfg.vision_width, cfg.width)
 
     def forward(self, images_u8: torch.Tensor) -> torch.Tensor:
-        cfg = self.cfg
-        B, N, H, W, C = images_u8.shape
-        p = cfg.patch_size
-        dtype = self.patch_embed.weight.dtype
-        # uint8 -> [-1, 1] in fp32 (exact), then to the compute dtype: runs on the device
-        x = (images_u8.to(torch.float32) * (2.0 / 255.0) - 1.0).to(dtype)
-        # patchify by reshape (== a stride-p conv, but one plain matmul)
-        x = x.reshape(B * N, H // p, p, W // p, p, C).permute(0, 1, 3, 2, 4, 5)
-        x = x.reshape(B * N, (H // p) * (W // p), p * p * C)
+        B, N = images_u8.shape[:2]
+        x = patchify(images_u8, self.cfg.patch_size, self.patch_embed.weight.dtype)
         x = self.patch_embed(x) + self.pos_emb
         for block in self.blocks:
             x = block(x)
