@@ -16,6 +16,7 @@ import sys
 SUBCOMMANDS: dict[str, str] = {
     "export": "reflex_ros.engine.export_cli",
     "validate": "reflex_ros.engine.export_cli",
+    "predict": "reflex_ros.engine.export_cli",
     "bench": "reflex_ros.engine.bench",
     "run": "reflex_ros.ros.runner",
     "sim": "reflex_ros.sim.cli",

@@ -94,11 +94,11 @@ def _open_engine(args: argparse.Namespace):
         return load_engine(args.dir, engine=engine, provider=provider, dtype=args.dtype, cuda_graph=args.cuda_graph)
     if args.engine == "onnx":
         raise ValueError("--model builds a torch policy; to bench ONNX, export first and pass the DIR")
-    from reflex_ros.engine.torch_runtime import TorchEngine
-    from reflex_ros.engine.weights import build_policy
+    from reflex_ros.policies.reference import torch_engine
+    from reflex_ros.policies.reference.weights import build_policy
 
     model = build_policy(args.model, device=device, num_cameras=args.num_cameras)
-    return TorchEngine(model, device=device, dtype=args.dtype, cuda_graph=args.cuda_graph)
+    return torch_engine(model, device=device, dtype=args.dtype, cuda_graph=args.cuda_graph)
 
 
 # ---------------------------------------------------------------------------------------
@@ -115,8 +115,8 @@ def synthetic_observation(info: Any, seed: int = 0, instruction: str = "pick up 
     rng = np.random.default_rng(seed)
     s = info.image_size
     return Observation(
-        images=[rng.integers(0, 256, (s, s, 3), dtype=np.uint8) for _ in range(info.num_cameras)],
-        state=rng.standard_normal(info.max_state_dim).astype(np.float32),
+        images={name: rng.integers(0, 256, (s, s, 3), dtype=np.uint8) for name in info.camera_names},
+        state=rng.standard_normal(info.state_dim or info.max_state_dim).astype(np.float32),
         instruction=instruction,
     )
 
@@ -181,10 +181,10 @@ def fixture_cosine(engine: Any, reference: list, fixtures: list, nfe: int, cfg_b
 
 
 def make_fixtures(info: Any, n: int = 3) -> list:
-    from reflex_ros.engine.preprocess import make_noise
+    from reflex_ros.engine.schedule import make_noise
 
     return [(synthetic_observation(info, seed=100 + i, instruction=f"task number {i}"),
-             make_noise(100 + i, info.chunk_size, info.action_dim)[0]) for i in range(n)]
+             make_noise(100 + i, info.chunk_size, info.action_width)[0]) for i in range(n)]
 
 
 def _measure_row(name: str, engine: Any, *, iters: int, warmup: int, nfe: int, cfg_beta: float | None,
@@ -214,8 +214,8 @@ def run_compare(preset: str, *, iters: int, warmup: int, nfe: int = 10, cfg_beta
     import torch
 
     from reflex_ros.engine.floor import measure_floor
-    from reflex_ros.engine.torch_runtime import TorchEngine
-    from reflex_ros.engine.weights import build_policy, clone_policy
+    from reflex_ros.policies.reference import torch_engine as TorchEngine
+    from reflex_ros.policies.reference.weights import build_policy, clone_policy
 
     rows: list[CompareRow] = []
     model = build_policy(preset, device=device, num_cameras=num_cameras)

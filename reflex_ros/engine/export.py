@@ -1,15 +1,20 @@
-"""Export a policy to ONNX, verify parity, and only then write the export directory.
+"""Export a policy of any family to ONNX, verify parity, and only then write the export directory.
 
-Order of events (seed 002): build the policy -> write weights, graphs and reflex_config.json
-into a temporary sibling of the output -> run the full-NFE parity check on that temporary
-directory with the real ONNX engine -> on pass, move it into place in one rename; on
-failure, delete it and raise :class:`~reflex_ros.engine.parity.ParityCheckFailed`. A
+Order of events (seed 002): the family builds the model (a preset with random weights, or a
+user's checkpoint) -> weights, assets, graphs and reflex_config.json go into a temporary
+sibling of the output -> the full-NFE parity check runs on that temporary directory with the
+real ONNX engine against the torch model -> on pass it moves into place in one rename; on
+failure it is deleted and :class:`~reflex_ros.engine.parity.ParityCheckFailed` is raised. A
 diverging export therefore never exists at the output path, not even half-written.
+
+The graphs are the family model's two entry points (``prefix``, ``velocity``) traced as they
+are, plus the whole sampler unrolled (monolithic); their signatures come from the family's
+processor (what it feeds) and the model (its KV shapes), so this module has no family code.
 
 Exporter: the legacy TorchScript exporter (``dynamo=False``). Measured here (torch 2.13,
 onnxruntime 1.31 CPU, tiny monolithic graph with 10 unrolled steps, 4 fixtures): legacy
-max_abs 9.5e-7 in 1.8 s; dynamo (opset 18) max_abs 2.1e-5 in 15 s, which fails the 1e-5
-strict threshold. environment.md found the same ordering for lerobot pi0/SmolVLA.
+max_abs 9.5e-7 in 1.8 s; dynamo (opset 18) max_abs 2.1e-5, which fails the 1e-5 strict
+threshold.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 import uuid
 import warnings
 from collections.abc import Callable
@@ -24,15 +30,25 @@ from pathlib import Path
 from typing import Any
 
 from reflex_ros.engine.bundle import (
+    ACTIONS,
     BATCH_AXIS,
-    DECOMPOSED,
-    MONOLITHIC,
-    VARIANTS,
-    decomposed_block,
-    expected_signatures,
+    CONFIG_FILE,
+    EXPERT_FILE,
+    MONOLITHIC_BATCH,
+    MONOLITHIC_FILE,
+    NOISE,
+    POLICY_CONFIG_FILE,
+    POLICY_WEIGHTS_FILE,
+    PREFIX_FILE,
+    PREFIX_MASK,
+    TIME,
+    V_T,
+    X_T,
+    ExportConfig,
+    GraphSpec,
+    TensorSpec,
+    kv_names,
     load_bundle,
-    monolithic_block,
-    policy_block,
     write_config,
 )
 from reflex_ros.engine.parity import (
@@ -42,18 +58,94 @@ from reflex_ros.engine.parity import (
     resolve_threshold,
     run_parity,
 )
-from reflex_ros.engine.types import NFE_CHOICES, ExportError, ReflexError
+from reflex_ros.engine.types import ANY_NFE, ExportError, ReflexError
+from reflex_ros.vocab import DECOMPOSED, LAYOUTS, MONOLITHIC
 
 DEFAULT_OPSET = 17
 OPSET_RANGE = (14, 20)  # legacy exporter: sdpa needs >= 14; its maximum is 20 (torch 2.13)
-MODES: tuple[str, ...] = ("both", DECOMPOSED, MONOLITHIC)
-MODEL_TYPE = "reflex_ros_flow_vla"  # a pi0-style flow-matching VLA (see engine/model.py)
+MODES: tuple[str, ...] = ("both", *LAYOUTS)
 
 
 def _reflex_ros_version() -> str:
     import reflex_ros
 
     return str(getattr(reflex_ros, "__version__", "0"))
+
+
+# --------------------------------------------------------------------------- signatures
+
+
+def _with_batch(shape: tuple[int | str, ...], batch: int | str) -> tuple[int | str, ...]:
+    return (batch, *shape[1:])
+
+
+def build_config(source: Any, *, layouts: tuple[str, ...], nfe: int, opset: int) -> ExportConfig:
+    """The typed reflex_config.json for an :class:`~reflex_ros.policies.base.ExportSource`."""
+    import torch
+
+    proc, model = source.processor, source.model
+    specs = {name: (name, dtype, shape) for name, dtype, shape in proc.input_specs()}
+    prefix_in = [specs[n] for n in model.prefix_input_names]
+    expert_extra = [specs[n] for n in model.expert_input_names]
+    kv_shapes = model.kv_shapes(BATCH_AXIS)
+    k_names, v_names = kv_names(len(kv_shapes) // 2)
+    kv: list[TensorSpec] = []
+    for i, (k, v) in enumerate(zip(k_names, v_names, strict=True)):
+        kv += [(k, "float32", tuple(kv_shapes[2 * i])), (v, "float32", tuple(kv_shapes[2 * i + 1]))]
+    prefix_len = int(kv_shapes[0][2]) if len(kv_shapes[0]) > 2 else 0
+    mask_spec = model.prefix_mask_spec(BATCH_AXIS) if hasattr(model, "prefix_mask_spec") \
+        else (PREFIX_MASK, "bool", (BATCH_AXIS, prefix_len))
+    C, W = proc.chunk_size, proc.action_width
+    graphs: dict[str, dict[str, GraphSpec]] = {}
+    if DECOMPOSED in layouts:
+        graphs[DECOMPOSED] = {
+            "prefix": GraphSpec(PREFIX_FILE, tuple(prefix_in), (*kv, mask_spec)),
+            "expert": GraphSpec(
+                EXPERT_FILE,
+                ((X_T, "float32", (BATCH_AXIS, C, W)), (TIME, "float32", (BATCH_AXIS,)), *expert_extra, *kv, mask_spec),
+                ((V_T, "float32", (BATCH_AXIS, C, W)),),
+            ),
+        }
+    if MONOLITHIC in layouts:
+        mono_in = [(n, d, _with_batch(s, MONOLITHIC_BATCH)) for n, d, s in (*prefix_in, *expert_extra)]
+        graphs[MONOLITHIC] = {"model": GraphSpec(
+            MONOLITHIC_FILE,
+            (*mono_in, (NOISE, "float32", (MONOLITHIC_BATCH, C, W))),
+            ((ACTIONS, "float32", (MONOLITHIC_BATCH, C, W)),),
+        )}
+    return ExportConfig(
+        model_type=source.model_type,
+        # decomposed is the serving default: it serves every NFE and CFG
+        default_layout=DECOMPOSED if DECOMPOSED in layouts else MONOLITHIC,
+        layouts=tuple(layouts),
+        num_denoising_steps=nfe,
+        supported_nfe=ANY_NFE if DECOMPOSED in layouts else (nfe,),
+        chunk_size=C,
+        action_dim=proc.action_dim,
+        action_width=W,
+        max_state_dim=proc.max_state_dim,
+        state_dim=int(proc.state_dim or 0),
+        camera_names=tuple(proc.camera_names),
+        image_size=proc.image_size,
+        max_lang_tokens=proc.max_lang_tokens,
+        supports_cfg=bool(proc.supports_cfg),
+        graphs=graphs,
+        expert_inputs=tuple(model.expert_input_names),
+        opset=opset,
+        weights_file=POLICY_WEIGHTS_FILE,
+        policy_config_file=POLICY_CONFIG_FILE,
+        assets=tuple(source.extra_config.get("assets", ())),
+        preset=source.preset,
+        source=source.label,
+        export_command=source.export_command,
+        monolithic_nfe=nfe if MONOLITHIC in layouts else None,
+        metadata={
+            "exporter": "torch.onnx.export(dynamo=False)",
+            "torch_version": str(torch.__version__).split("+")[0],
+            "reflex_ros_version": _reflex_ros_version(),
+            "flow": "x(t=1)=noise, dt=-1/N, t_i=1+i*dt, x+=dt*v; CFG v=v_u+beta*(v_c-v_u)",
+        },
+    )
 
 
 # --------------------------------------------------------------------------- graph wrappers
@@ -64,18 +156,15 @@ def _graph_modules():
     import torch
 
     class PrefixGraph(torch.nn.Module):
-        """Observation -> per-layer KV (``past_k_i``/``past_v_i``) + prefix mask."""
+        """Observation arrays -> per-layer KV (``past_k_i``/``past_v_i``) + prefix mask."""
 
         def __init__(self, policy: torch.nn.Module):
             super().__init__()
             self.policy = policy
 
-        def forward(self, images, lang_tokens, lang_masks, state):
-            k, v, mask = self.policy.prefix(images, lang_tokens, lang_masks, state)
-            out = []
-            for i in range(k.shape[0]):
-                out += [k[i], v[i]]
-            return (*out, mask)
+        def forward(self, *inputs):
+            kv, mask = self.policy.prefix(**dict(zip(self.policy.prefix_input_names, inputs, strict=True)))
+            return (*kv, mask)
 
     class ExpertGraph(torch.nn.Module):
         """One velocity evaluation against the cached prefix KV."""
@@ -84,35 +173,31 @@ def _graph_modules():
             super().__init__()
             self.policy = policy
 
-        def forward(self, x_t, t, *kv_and_mask):
-            kv, mask = kv_and_mask[:-1], kv_and_mask[-1]
-            k = torch.stack(kv[0::2])
-            v = torch.stack(kv[1::2])
-            return self.policy.velocity(x_t, t, k, v, mask)
+        def forward(self, x_t, t, *rest):
+            n_extra = len(self.policy.expert_input_names)
+            extra = dict(zip(self.policy.expert_input_names, rest[:n_extra], strict=True))
+            kv, mask = list(rest[n_extra:-1]), rest[-1]
+            return self.policy.velocity(x_t, t, kv, mask, **extra).to(torch.float32)
 
     return PrefixGraph, ExpertGraph
 
 
-def _example_inputs(config: dict[str, Any], variant: str, role: str, batch: int):
-    """Zero tensors of the graph's signature (batch substituted for the dynamic axis)."""
+def _example_inputs(source: Any) -> dict[str, Any]:
+    """Real model inputs at batch 2 (one processed observation, duplicated): tracing with real
+    values is what the graphs will see, and batch 2 keeps the batch axis from being
+    specialised to 1 (the CFG batch is 2)."""
+    import numpy as np
     import torch
 
-    dtypes = {"float32": torch.float32, "uint8": torch.uint8, "int64": torch.int64, "bool": torch.bool}
-    inputs, _ = expected_signatures(config)[(variant, role)]
-    out = []
-    for name, dtype, shape in inputs:
-        dims = [batch if isinstance(d, str) else int(d) for d in shape]
-        if dtype == "bool":
-            out.append(torch.ones(dims, dtype=torch.bool))
-        elif name == "t":
-            out.append(torch.full(dims, 0.5))
-        else:
-            out.append(torch.zeros(dims, dtype=dtypes[dtype]))
-    return tuple(out)
+    from reflex_ros.engine.parity import fixture_observations
+
+    obs = fixture_observations(source.processor, 1, seed=0)[0]
+    arrays = source.processor.prepare(obs)
+    return {k: torch.from_numpy(np.ascontiguousarray(np.repeat(v, 2, axis=0))) for k, v in arrays.items()}
 
 
-def _onnx_export(module, args, path: Path, config: dict[str, Any], variant: str, role: str, opset: int) -> None:
-    """Trace ``module`` into ``path`` with the config's tensor names, then finalize it.
+def _onnx_export(module, args, path: Path, spec: GraphSpec, opset: int, dynamic: bool) -> None:
+    """Trace ``module`` into ``path`` with the spec's tensor names, then finalize it.
 
     The trace goes into a private work directory: above 2 GB (pi0) the legacy exporter
     writes one external-data file per initializer next to the graph, with names such as
@@ -121,10 +206,9 @@ def _onnx_export(module, args, path: Path, config: dict[str, Any], variant: str,
     """
     import torch
 
-    inputs, outputs = expected_signatures(config)[(variant, role)]
-    dynamic = None
-    if variant == DECOMPOSED:
-        dynamic = {name: {0: BATCH_AXIS} for name, _, _ in (*inputs, *outputs)}
+    axes = None
+    if dynamic:
+        axes = {name: {0: BATCH_AXIS} for name, _, _ in (*spec.inputs, *spec.outputs)}
     work = path.parent / f".work-{path.stem}"
     work.mkdir()
     try:
@@ -133,20 +217,20 @@ def _onnx_export(module, args, path: Path, config: dict[str, Any], variant: str,
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 module.eval(),
-                args,
+                tuple(args),
                 str(work / path.name),
                 dynamo=False,
-                input_names=[n for n, _, _ in inputs],
-                output_names=[n for n, _, _ in outputs],
-                dynamic_axes=dynamic,
+                input_names=spec.input_names(),
+                output_names=spec.output_names(),
+                dynamic_axes=axes,
                 opset_version=opset,
                 do_constant_folding=True,
             )
-        _finalize_graph(work / path.name, path, outputs)
+        _finalize_graph(work / path.name, path, spec)
     except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise ExportError(
-            f"torch.onnx.export of {path.name} ({variant}/{role}) failed at opset {opset}: "
-            f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}; "
+            f"torch.onnx.export of {path.name} failed at opset {opset}: {type(exc).__name__}: {first}; "
             f"try another --opset (default {DEFAULT_OPSET})"
         ) from None
     finally:
@@ -157,7 +241,7 @@ def _onnx_export(module, args, path: Path, config: dict[str, Any], variant: str,
 EXTERNAL_DATA_THRESHOLD_BYTES = 1 << 30
 
 
-def _finalize_graph(traced: Path, path: Path, outputs) -> None:
+def _finalize_graph(traced: Path, path: Path, spec: GraphSpec) -> None:
     """Declare the static output shapes and write the graph to ``path`` (weights inline, or in
     ``<name>.data`` when they exceed :data:`EXTERNAL_DATA_THRESHOLD_BYTES`).
 
@@ -170,13 +254,17 @@ def _finalize_graph(traced: Path, path: Path, outputs) -> None:
     import onnx
 
     model = onnx.load(str(traced))  # pulls in per-tensor external files, if any
-    specs = {name: shape for name, _, shape in outputs}
+    shapes = {name: shape for name, _, shape in spec.outputs}
     for out in model.graph.output:
-        for dim, want in zip(out.type.tensor_type.shape.dim, specs[out.name], strict=True):
-            if isinstance(want, str):
-                dim.dim_param = want
+        dims = out.type.tensor_type.shape.dim
+        want = shapes[out.name]
+        while len(dims) < len(want):
+            dims.add()
+        for dim, w in zip(dims, want, strict=True):
+            if isinstance(w, str):
+                dim.dim_param = w
             else:
-                dim.dim_value = int(want)
+                dim.dim_value = int(w)
     weight_bytes = sum(len(init.raw_data) for init in model.graph.initializer)
     if weight_bytes > EXTERNAL_DATA_THRESHOLD_BYTES:
         onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
@@ -185,60 +273,40 @@ def _finalize_graph(traced: Path, path: Path, outputs) -> None:
         onnx.save_model(model, str(path))
 
 
-def build_config(policy_config: Any, *, preset: str, variants: tuple[str, ...], nfe: int, opset: int) -> dict[str, Any]:
-    """reflex_config.json for a policy config (A's PolicyConfig) and the graphs exported."""
+def export_graphs(source: Any, export_dir: Path, config: ExportConfig, opset: int,
+                  log: Callable[[str], None] | None = None) -> None:
+    """Write the ONNX graphs named in ``config`` into ``export_dir``."""
     import torch
 
-    c = policy_config
-    config: dict[str, Any] = {
-        "model_type": MODEL_TYPE,
-        "preset": preset,
-        # decomposed is the serving default: it serves every NFE and CFG
-        "export_kind": DECOMPOSED if DECOMPOSED in variants else MONOLITHIC,
-        "export_kinds": list(variants),
-        "num_denoising_steps": nfe,
-        "supported_nfe": list(NFE_CHOICES) if DECOMPOSED in variants else [nfe],
-        "chunk_size": c.chunk_size,
-        "action_dim": c.action_dim,
-        "max_state_dim": c.max_state_dim,
-        "num_cameras": c.num_cameras,
-        "image_size": c.image_size,
-        "max_lang_tokens": c.max_lang_tokens,
-        "opset": opset,
-        "exporter": "torch.onnx.export(dynamo=False)",
-        "torch_version": str(torch.__version__).split("+")[0],
-        "reflex_ros_version": _reflex_ros_version(),
-        "image_format": "uint8 RGB (H, W, 3) per camera; normalised to [-1, 1] inside the graph",
-        "flow": "x(t=1)=noise, dt=-1/N, t_i=1+i*dt, x+=dt*v; CFG v=v_u+beta*(v_c-v_u)",
-        "policy": policy_block(),
-        "parity": None,
-    }
-    if DECOMPOSED in variants:
-        config[DECOMPOSED] = decomposed_block(
-            num_layers=c.depth, num_kv_heads=c.num_kv_heads, head_dim=c.head_dim, prefix_len=c.prefix_len
-        )
-    if MONOLITHIC in variants:
-        config[MONOLITHIC] = monolithic_block(nfe)
-    return config
-
-
-def export_graphs(model: Any, export_dir: Path, config: dict[str, Any], opset: int) -> None:
-    """Write the ONNX graphs named in ``config`` into ``export_dir``."""
     from reflex_ros.engine.sampler import MonolithicPolicy
 
+    say = log or (lambda _msg: None)
+    model = source.model
     PrefixGraph, ExpertGraph = _graph_modules()
-    if DECOMPOSED in config:
-        d = config[DECOMPOSED]
-        # batch 2 at trace time so no shape is specialised to 1 (the CFG batch is 2)
-        _onnx_export(PrefixGraph(model), _example_inputs(config, DECOMPOSED, "prefix", 2),
-                     export_dir / d["prefix_file"], config, DECOMPOSED, "prefix", opset)
-        _onnx_export(ExpertGraph(model), _example_inputs(config, DECOMPOSED, "expert", 2),
-                     export_dir / d["expert_file"], config, DECOMPOSED, "expert", opset)
-    if MONOLITHIC in config:
-        m = config[MONOLITHIC]
-        mono = MonolithicPolicy(model, int(m["num_denoising_steps"]))
-        _onnx_export(mono, _example_inputs(config, MONOLITHIC, "model", int(m["batch_size"])),
-                     export_dir / m["file"], config, MONOLITHIC, "model", opset)
+    example = _example_inputs(source)
+    if DECOMPOSED in config.graphs:
+        g = config.graphs[DECOMPOSED]
+        prefix_args = [example[n] for n in model.prefix_input_names]
+        started = time.perf_counter()
+        _onnx_export(PrefixGraph(model), prefix_args, export_dir / g["prefix"].file, g["prefix"], opset, True)
+        say(f"  {g['prefix'].file} written in {time.perf_counter() - started:.1f} s")
+        with torch.no_grad():
+            kv, mask = model.prefix(**{n: example[n] for n in model.prefix_input_names})
+        C, W = config.chunk_size, config.action_width
+        expert_args = [torch.zeros((2, C, W)), torch.full((2,), 0.5),
+                       *[example[n] for n in model.expert_input_names], *kv, mask]
+        started = time.perf_counter()
+        _onnx_export(ExpertGraph(model), expert_args, export_dir / g["expert"].file, g["expert"], opset, True)
+        say(f"  {g['expert'].file} written in {time.perf_counter() - started:.1f} s")
+    if MONOLITHIC in config.graphs:
+        spec = config.graphs[MONOLITHIC]["model"]
+        names = tuple(n for n, _, _ in spec.inputs if n != NOISE)
+        mono = MonolithicPolicy(model, config.default_nfe_for(MONOLITHIC), names)
+        args = [example[n][:MONOLITHIC_BATCH] for n in names]
+        args.append(torch.zeros((MONOLITHIC_BATCH, config.chunk_size, config.action_width)))
+        started = time.perf_counter()
+        _onnx_export(mono, args, export_dir / spec.file, spec, opset, False)
+        say(f"  {spec.file} written in {time.perf_counter() - started:.1f} s")
 
 
 def perturb_onnx_weights(path: Path, scale: float) -> int:
@@ -262,11 +330,29 @@ def perturb_onnx_weights(path: Path, scale: float) -> int:
     return changed
 
 
-def _check_output_dir(out: Path, force: bool) -> None:
+# --------------------------------------------------------------------------- the output directory
+
+
+def check_output_dir(out: Path, force: bool) -> None:
+    """Refuse up front what cannot end well: a file, a non-empty directory without ``--force``,
+    ``--force`` onto a directory that is not an export (it would destroy a checkpoint or
+    anything else), and a parent we cannot write (the temporary sibling lives there)."""
     if out.exists() and not out.is_dir():
         raise ExportError(f"output {out} exists and is not a directory; choose another --output")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise ExportError(f"output directory {out} is not empty; choose a new --output or pass --force to overwrite it")
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise ExportError(f"output directory {out} is not empty; choose a new --output "
+                              "(or pass --force to replace an earlier export there)")
+        if not (out / CONFIG_FILE).is_file():
+            raise ExportError(f"output directory {out} is not empty and holds no {CONFIG_FILE}: --force only "
+                              "replaces an earlier reflex_ros export; choose a new --output")
+    parent = out.parent
+    probe = parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ExportError(f"cannot write next to {out}: {probe} is not writable (the export is assembled in a "
+                          "temporary sibling and moved into place); choose an --output in a writable directory")
 
 
 def _normal_permissions(directory: Path) -> None:
@@ -275,14 +361,22 @@ def _normal_permissions(directory: Path) -> None:
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(directory, 0o777 & ~umask)
-    for path in directory.iterdir():
-        if path.is_file():
-            os.chmod(path, 0o666 & ~umask)
+    for path in directory.rglob("*"):
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def _move_into_place(tmp: Path, out: Path) -> None:
-    """Replace ``out`` by ``tmp`` with renames on the same filesystem (no half state at ``out``)."""
+    """Replace ``out`` by ``tmp`` with renames on the same filesystem (no half state at ``out``).
+
+    An existing empty directory (a mount point, one made by the user) is filled instead of
+    replaced: renaming onto a mount point fails with EBUSY, and the user may not own the
+    parent."""
     _normal_permissions(tmp)
+    if out.is_dir() and not any(out.iterdir()):
+        for item in tmp.iterdir():
+            os.rename(item, out / item.name)
+        tmp.rmdir()
+        return
     old = None
     if out.exists():
         old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
@@ -297,11 +391,14 @@ def _move_into_place(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+# --------------------------------------------------------------------------- export
+
+
 def export_model(
-    preset: str = "tiny",
+    preset: str | None = "tiny",
     output_dir: Path | str = "export",
     mode: str = "both",
-    nfe: int = 10,
+    nfe: int | None = None,
     num_cameras: int | None = None,
     strict: bool = False,
     opset: int | None = None,
@@ -311,27 +408,27 @@ def export_model(
     force: bool = False,
     perturb_onnx: float = 0.0,
     log: Callable[[str], None] | None = print,
+    checkpoint: str | None = None,
 ) -> ParityReport:
-    """Export ``preset`` to ``output_dir`` if and only if ONNX matches torch.
+    """Export ``checkpoint`` (a LeRobot checkpoint dir or hub id) or ``preset`` (the reference
+    model, random weights) to ``output_dir`` if and only if ONNX matches torch.
 
     ``mode``: ``both`` (default; serving defaults to decomposed), ``decomposed`` or
     ``monolithic``. ``nfe``: the monolithic graph's unrolled steps and the decomposed
-    default. Threshold: ``threshold``, else 1e-5 with ``strict``, else 1e-4. ``seed`` seeds
-    the policy init and the parity fixtures. ``perturb_onnx`` (tests only) scales the ONNX
-    weights before the check to prove the refusal. Raises ParityCheckFailed (nothing
-    written), ExportError / ReflexError (usage or environment problem, with a fix).
+    default (None: the checkpoint's ``num_inference_steps``, else 10). Threshold:
+    ``threshold``, else 1e-5 with ``strict``, else 1e-4. ``seed`` seeds the reference init
+    and the parity fixtures. ``perturb_onnx`` (tests only) scales the ONNX weights before the
+    check to prove the refusal. Raises ParityCheckFailed (nothing written), ExportError /
+    ReflexError (usage or environment problem, with a fix).
     """
-    from reflex_ros.engine.config import get_preset
     from reflex_ros.engine.schedule import check_nfe
-    from reflex_ros.engine.weights import build_policy, save_policy
+    from reflex_ros.policies import REFERENCE, get_family
 
     say = log or (lambda _msg: None)
     if mode not in MODES:
         raise ReflexError(f"export mode {mode!r} is not one of {list(MODES)}")
     try:
-        nfe = check_nfe(nfe)
         limit = resolve_threshold(threshold, strict)
-        policy_config = get_preset(preset, num_cameras=num_cameras, seed=seed)
     except ValueError as exc:
         raise ReflexError(str(exc)) from None
     if fixtures < 1:
@@ -342,26 +439,42 @@ def export_model(
             f"opset {opset} is not supported by the exporter: choose {OPSET_RANGE[0]}..{OPSET_RANGE[1]} "
             f"(default {DEFAULT_OPSET})"
         )
-    variants = VARIANTS if mode == "both" else (mode,)
+    layouts = LAYOUTS if mode == "both" else (mode,)
     out = Path(output_dir).expanduser().absolute()
-    _check_output_dir(out, force)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    check_output_dir(out, force)
 
-    model = build_policy(policy_config).eval()
+    started = time.perf_counter()
+    if checkpoint is not None:
+        from reflex_ros.policies.checkpoints import resolve_checkpoint
+
+        model_type, path = resolve_checkpoint(checkpoint)
+        say(f"loading {model_type} checkpoint {path} ...")
+        source = get_family(model_type).export_source(str(path), seed=seed, num_cameras=num_cameras)
+    else:
+        source = get_family(REFERENCE).export_source(preset or "tiny", num_cameras=num_cameras, seed=seed)
+    say(f"loaded {source.label} in {time.perf_counter() - started:.1f} s")
+    default_nfe = int(source.extra_config.get("num_inference_steps", 10))
+    try:
+        nfe = check_nfe(default_nfe if nfe is None else nfe, ANY_NFE)
+    except ValueError as exc:
+        raise ReflexError(str(exc)) from None
+
+    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
-        save_policy(model, tmp)
-        config = build_config(policy_config, preset=preset, variants=variants, nfe=nfe, opset=opset)
+        source.write(tmp)
+        config = build_config(source, layouts=layouts, nfe=nfe, opset=opset)
         write_config(tmp, config)
-        say(f"exporting {preset} ({', '.join(variants)}, nfe={nfe}, opset={opset}) ...")
-        export_graphs(model, tmp, config, opset)
+        say(f"exporting {source.label} ({', '.join(layouts)}, nfe={nfe}, opset={opset}) ...")
+        export_graphs(source, tmp, config, opset, log=say)
         if perturb_onnx:
             bundle = load_bundle(tmp, check_graphs=False)
-            for variant in bundle.variants:
-                for path in bundle.graph_paths(variant).values():
+            for layout in bundle.layouts:
+                for path in bundle.graph_paths(layout).values():
                     perturb_onnx_weights(path, perturb_onnx)
         load_bundle(tmp)  # the graphs we just wrote must match the config we just wrote
-        report = run_parity(tmp, model, threshold=limit, fixtures=fixtures, seed=seed)
+        say(f"parity: {fixtures} fixture(s) per graph, full NFE loop, ONNX vs torch ...")
+        report = run_parity(tmp, source.model, threshold=limit, fixtures=fixtures, seed=seed)
         report.export_dir = str(out)
         say(report.format_table())
         if not report.passed:
@@ -370,21 +483,21 @@ def export_model(
                 f"nothing was written to {out}. This is an exporter bug: ONNX and torch disagree.",
                 report,
             )
-        config["parity"] = {
+        config = config.replace(parity={
             "max_abs_diff_across_all": report.max_abs_diff_across_all,
-            "max_abs_diff_by_variant": report.by_variant(),
+            "max_abs_diff_by_layout": report.by_layout(),
             "threshold": limit,
             "passed": True,
             "num_fixtures": fixtures,
             "seed": seed,
-        }
+        })
         write_config(tmp, config)
-        _check_output_dir(out, force)  # someone may have written there while we exported
+        check_output_dir(out, force)  # someone may have written there while we exported
         _move_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    say(f"export written to {out}")
+    say(f"export written to {out} in {time.perf_counter() - started:.1f} s")
     return report
 
 
@@ -402,7 +515,7 @@ def validate_export(
     Returns the report (``passed`` may be False: the caller decides the exit code); raises
     ExportError when the directory cannot be checked at all (missing, corrupt).
     """
-    from reflex_ros.engine.loader import load_bundle_policy
+    from reflex_ros.engine.loader import load_bundle_model
 
     say = log or (lambda _msg: None)
     try:
@@ -410,7 +523,7 @@ def validate_export(
     except ValueError as exc:
         raise ReflexError(str(exc)) from None
     bundle = load_bundle(export_dir)
-    model = load_bundle_policy(bundle, device="cpu", dtype="fp32").eval()
+    model = load_bundle_model(bundle, device="cpu", dtype="fp32")
     report = run_parity(bundle.export_dir, model, threshold=limit, fixtures=fixtures, seed=seed)
     say(report.format_table())
     return report

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from reflex_ros.engine.config import PolicyConfig
+from reflex_ros.policies.reference.config import PolicyConfig
 
 
 def _decoder_layer_params(width: int, mlp_dim: int, cfg: PolicyConfig) -> tuple[int, int]:

@@ -1,9 +1,11 @@
 """ONNX Runtime engine: serve an export directory with numpy in, numpy out, and no torch.
 
 Decomposed serving (the default) runs ``vlm_prefix.onnx`` once per chunk and then
-``expert_denoise.onnx`` NFE times against the same prefix KV, stepping x with the numpy
-Euler loop below (:func:`euler_denoise`, also what the export parity check runs, so the
-served loop is exactly the verified one). CFG runs cond and uncond as one batch-2 call.
+``expert_denoise.onnx`` NFE times against the same prefix KV, stepping x with
+``schedule.euler_loop`` on numpy arrays (the same loop the torch engine runs, so the served
+loop is exactly the verified one). CFG runs cond and uncond as one batch-2 call. Which
+arrays go where comes from the graph signatures in reflex_config.json, so every family is
+served by this one engine.
 
 Every graph runs through IO binding on static per-batch buffers. On CPU that just avoids
 re-allocating outputs; on CUDA it is what ``enable_cuda_graph`` requires (fixed device
@@ -26,20 +28,13 @@ import numpy as np
 
 from reflex_ros.engine.bundle import (
     ACTIONS,
-    DECOMPOSED,
-    IMAGES,
-    LANG_MASKS,
-    LANG_TOKENS,
-    MONOLITHIC,
     NOISE,
-    STATE,
     TIME,
     V_T,
     X_T,
     Bundle,
     TensorSpec,
     load_bundle,
-    remediation,
 )
 from reflex_ros.engine.types import (
     ChunkResult,
@@ -49,13 +44,18 @@ from reflex_ros.engine.types import (
     ProviderUnavailableError,
     ReflexError,
 )
-
-TRT = "TensorrtExecutionProvider"
-CUDA = "CUDAExecutionProvider"
-CPU = "CPUExecutionProvider"
-PROVIDER_LADDER: tuple[str, ...] = (TRT, CUDA, CPU)  # tried in this order when provider=None
-PROVIDER_ALIASES: dict[str, str] = {"tensorrt": TRT, "trt": TRT, "cuda": CUDA, "cpu": CPU}
-ONNX_DTYPES: tuple[str, ...] = ("fp32", "fp16")  # fp16 only through TensorRT's builder flag
+from reflex_ros.vocab import (
+    CPU,
+    CUDA,
+    DECOMPOSED,
+    FP16,
+    MONOLITHIC,
+    ONNX_PRECISIONS,
+    PROVIDER_ALIASES,
+    PROVIDER_LADDER,
+    TRT,
+    canonical_provider,
+)
 
 _NP_DTYPES = {"float32": np.float32, "uint8": np.uint8, "int64": np.int64, "bool": np.bool_}
 
@@ -84,7 +84,7 @@ def resolve_provider(requested: str | None, available: Sequence[str]) -> str:
             f"no usable onnxruntime execution provider: need one of {', '.join(PROVIDER_LADDER)}, "
             f"available: {', '.join(available) or 'none'}"
         )
-    name = PROVIDER_ALIASES.get(requested.lower(), requested)
+    name = canonical_provider(requested)
     if name not in PROVIDER_LADDER:
         raise ProviderUnavailableError(
             f"unknown execution provider {requested!r}: expected one of "
@@ -106,12 +106,12 @@ def provider_device(provider: str) -> str:
 
 def check_engine_options(provider: str, dtype: str, cuda_graph: bool, available: Sequence[str]) -> None:
     """Refuse option combinations the provider cannot honour, naming what would work."""
-    if dtype not in ONNX_DTYPES:
+    if dtype not in ONNX_PRECISIONS:
         raise ProviderUnavailableError(
-            f"dtype {dtype!r} is not served by the ONNX engine: expected one of {', '.join(ONNX_DTYPES)} "
+            f"dtype {dtype!r} is not served by the ONNX engine: expected one of {', '.join(ONNX_PRECISIONS)} "
             "(bf16 runs on the torch engine: --engine torch)"
         )
-    if dtype == "fp16" and provider != TRT:
+    if dtype == FP16 and provider != TRT:
         raise ProviderUnavailableError(
             f"dtype fp16 needs {TRT} (the exported graphs are fp32; TensorRT builds fp16 kernels), "
             f"provider is {provider}; available: {', '.join(available)}"
@@ -189,31 +189,6 @@ def default_trt_cache_dir(model_hash: str) -> Path:
     return path
 
 
-# --------------------------------------------------------------------------- the Euler loop
-
-VelocityFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
-
-
-def euler_denoise(velocity: VelocityFn, noise: np.ndarray, nfe: int, cfg_beta: float | None) -> np.ndarray:
-    """Integrate x from noise (t=1) to actions (t=0): ``x += dt * v`` with ``dt = -1/nfe``.
-
-    ``velocity(x[B, C, A], t[B]) -> v[B, C, A]``; B is 1, or 2 for CFG ([cond, uncond], both
-    stepping from the same x, combined as ``v_u + beta (v_c - v_u)``). The ONNX engine and the
-    export parity check both run this one function.
-    """
-    from reflex_ros.engine.schedule import cfg_combine, euler_schedule
-
-    batch = 1 if cfg_beta is None else 2
-    x = np.asarray(noise, dtype=np.float32).reshape(np.shape(noise)[-2:]).copy()
-    for t_i, dt in euler_schedule(nfe):
-        xb = np.ascontiguousarray(np.broadcast_to(x, (batch, *x.shape)))
-        tb = np.full((batch,), t_i, dtype=np.float32)
-        v = velocity(xb, tb)
-        step = v[0] if cfg_beta is None else cfg_combine(v[0], v[1], cfg_beta)
-        x = x + np.float32(dt) * step
-    return x
-
-
 # --------------------------------------------------------------------------- sessions
 
 
@@ -232,7 +207,7 @@ class _Graph:
 
     def __init__(self, path: Path, inputs: list[TensorSpec], outputs: list[TensorSpec], *, provider: str,
                  chain: list[tuple[str, dict[str, str]]], device_id: int, cuda_graph: bool,
-                 intra_op_threads: int | None, export_dir: Path, preset: str | None):
+                 intra_op_threads: int | None, err: Callable[[str], ExportError]):
         import onnxruntime as ort
 
         self._ort = ort
@@ -253,9 +228,9 @@ class _Graph:
         try:
             self.session = ort.InferenceSession(str(path), opts, providers=chain)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
-            raise ExportError(
+            raise err(
                 f"onnxruntime could not load {path} with {provider} ({type(exc).__name__}: "
-                f"{str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}); {remediation(export_dir, preset)}"
+                f"{str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r})"
             ) from None
         got = self.session.get_providers()
         if not got or got[0] != provider:  # onnxruntime falls back to CPU with only a warning
@@ -311,19 +286,22 @@ class _Graph:
 
 
 class OnnxEngine:
-    """The Engine protocol on onnxruntime for a reflex_ros export directory.
+    """The Engine protocol on onnxruntime for a reflex_ros export directory, any family.
 
     ``provider`` None walks the ladder TensorRT -> CUDA -> CPU; a named provider is strict.
-    ``variant`` None serves the export's default (``export_kind``, decomposed when both
-    exist: it serves every NFE and CFG). ``run_counts`` counts session runs per graph role,
-    which is how tests (and curious users) see that the prefix runs once per chunk.
+    ``layout`` None serves the export's default (``export_kind``, decomposed when both
+    exist: it serves every NFE and CFG). The family's processor (numpy) turns observations
+    into the graphs' named inputs and the sampler output into robot actions; everything in
+    between is driven by the graph signatures in reflex_config.json. ``run_counts`` counts
+    session runs per graph role, which is how tests (and curious users) see that the prefix
+    runs once per chunk.
     """
 
     def __init__(
         self,
         export_dir: Path | str,
         provider: str | None = None,
-        variant: str | None = None,
+        layout: str | None = None,
         *,
         dtype: str = "fp32",
         cuda_graph: bool = False,
@@ -333,35 +311,26 @@ class OnnxEngine:
         seed: int | None = None,
         bundle: Bundle | None = None,
     ):
-        from reflex_ros.engine.config import PolicyConfig
-
         self.bundle = bundle if bundle is not None else load_bundle(export_dir)
         b = self.bundle
-        self.variant = variant or b.default_variant
-        if self.variant not in b.variants:
-            raise ExportError(
-                f"variant {self.variant!r} is not in {b.export_dir} (present: {', '.join(b.variants)}); "
-                f"{remediation(b.export_dir, b.preset)} --mode both"
-            )
+        c = b.config
+        self.layout = layout or b.default_layout
+        if self.layout not in b.layouts:
+            raise b.error(f"layout {self.layout!r} is not in {b.export_dir} (present: {', '.join(b.layouts)}); "
+                          "re-export with --mode both")
         available = available_providers()
         self.provider = resolve_provider(provider, available)
         check_engine_options(self.provider, dtype, cuda_graph, available)
-        try:
-            self.policy_config = PolicyConfig.from_dict(b.policy_config())
-        except Exception as exc:
-            raise ExportError(
-                f"{b.policy_config_path} does not describe a policy ({type(exc).__name__}: {exc}); "
-                f"{remediation(b.export_dir, b.preset)}"
-            ) from None
+        self.processor = b.processor()
         self._rng = np.random.default_rng(seed)
         self._lock = threading.Lock()
-        batch_sizes = (1, 2) if self.variant == DECOMPOSED else (1,)
+        batch_sizes = (1, 2) if self.layout == DECOMPOSED and c.supports_cfg else (1,)
         self._graphs: dict[str, _Graph] = {}
-        for role, path in b.graph_paths(self.variant).items():
-            ins, outs = b.expected_signature(self.variant, role)
+        for role, spec in c.graphs[self.layout].items():
+            ins, outs = list(spec.inputs), list(spec.outputs)
             chain = provider_chain(
                 self.provider,
-                fp16=dtype == "fp16",
+                fp16=dtype == FP16,
                 cuda_graph=cuda_graph,
                 trt_cache_dir=(Path(trt_cache_dir) if trt_cache_dir else default_trt_cache_dir(b.model_hash))
                 if self.provider == TRT else None,
@@ -369,29 +338,34 @@ class OnnxEngine:
                 trt_profile=trt_profile_shapes(ins, batch_sizes) if self.provider == TRT else None,
             )
             self._graphs[role] = _Graph(
-                path, ins, outs, provider=self.provider, chain=chain, device_id=device_id,
-                cuda_graph=cuda_graph, intra_op_threads=intra_op_threads, export_dir=b.export_dir, preset=b.preset,
+                b.export_dir / spec.file, ins, outs, provider=self.provider, chain=chain, device_id=device_id,
+                cuda_graph=cuda_graph, intra_op_threads=intra_op_threads, err=b.error,
             )
         self.info = EngineInfo(
             engine="onnx",
             provider=self.provider,
             dtype=dtype,
-            chunk_size=b.chunk_size,
-            action_dim=b.action_dim,
-            max_state_dim=b.max_state_dim,
-            num_cameras=b.num_cameras,
-            image_size=b.image_size,
-            supported_nfe=b.supported_nfe(self.variant),
+            chunk_size=c.chunk_size,
+            action_dim=c.action_dim,
+            max_state_dim=c.max_state_dim,
+            num_cameras=c.num_cameras,
+            image_size=c.image_size,
+            supported_nfe=c.supported_nfe_for(self.layout),
             model_hash=b.model_hash,
             cuda_graph=cuda_graph,
+            model_type=c.model_type,
+            camera_names=c.camera_names,
+            action_width=c.action_width,
+            state_dim=c.state_dim,
             extra={
-                "variant": self.variant,
+                "layout": self.layout,
                 "export_dir": str(b.export_dir),
-                "default_nfe": str(b.default_nfe(self.variant)),
-                "cfg": "yes" if self.variant == DECOMPOSED else "no",
+                "default_nfe": str(c.default_nfe_for(self.layout)),
+                "cfg": "yes" if self.layout == DECOMPOSED and c.supports_cfg else "no",
                 # the unrolled graph fuses prefix and loop: its time is reported as denoise
-                "timings": "prefix+denoise" if self.variant == DECOMPOSED else "fused (prefix=0, denoise=all)",
-                "preset": str(b.preset),
+                "timings": "prefix+denoise" if self.layout == DECOMPOSED else "fused (prefix=0, denoise=all)",
+                "preset": str(c.preset),
+                "source": c.source,
             },
         )
         self._closed = False
@@ -412,20 +386,19 @@ class OnnxEngine:
         noise: np.ndarray | None = None,
     ) -> ChunkResult:
         """One action chunk. See :class:`reflex_ros.engine.types.Engine`."""
-        from reflex_ros.engine.preprocess import prepare_inputs
-
         if self._closed:
             raise ReflexError("OnnxEngine is closed; create a new engine with load_engine(export_dir)")
         nfe = self._check_request(nfe, cfg_beta)
         with self._lock:
             noise = self._noise(noise)
             t0 = time.perf_counter()
-            inputs = prepare_inputs(obs, self.policy_config, cfg_beta)
+            inputs = self.processor.prepare(obs, cfg_beta)
             t1 = time.perf_counter()
-            if self.variant == DECOMPOSED:
-                actions, t2 = self._infer_decomposed(inputs, noise, nfe, cfg_beta)
+            if self.layout == DECOMPOSED:
+                x, t2 = self._infer_decomposed(inputs, noise, nfe, cfg_beta)
             else:
-                actions, t2 = self._infer_monolithic(inputs, noise), t1
+                x, t2 = self._infer_monolithic(inputs, noise), t1
+            actions = self.processor.postprocess(np.asarray(x).reshape(self.info.chunk_size, -1))
             t3 = time.perf_counter()
         ms = 1000.0
         return ChunkResult(
@@ -446,65 +419,64 @@ class OnnxEngine:
     # -- internals
 
     def _check_request(self, nfe: int | None, cfg_beta: float | None) -> int:
-        """Validate nfe / cfg_beta against what this variant serves; return the nfe to run."""
+        """Validate nfe / cfg_beta against what this layout serves; return the nfe to run."""
         from reflex_ros.engine.schedule import check_cfg_beta, check_nfe
 
-        b = self.bundle
-        baked = b.default_nfe(self.variant)
+        c = self.bundle.config
+        baked = c.default_nfe_for(self.layout)
         nfe = baked if nfe is None else nfe
-        if self.variant == MONOLITHIC:
+        if self.layout == MONOLITHIC:
             if nfe != baked:
-                alt = (f"nfe in {list(b.supported_nfe(DECOMPOSED))}" if DECOMPOSED in b.variants
+                alt = (f"nfe in {list(c.supported_nfe_for(DECOMPOSED))}" if DECOMPOSED in c.layouts
                        else "other nfe (re-export with --mode both)")
                 raise ReflexError(
                     f"the monolithic graph serves only its unrolled nfe={baked}, got nfe={nfe}; "
-                    f"use variant='decomposed' for {alt}"
+                    f"use layout='decomposed' for {alt}"
                 )
             if cfg_beta is not None:
                 raise ReflexError(
                     f"the monolithic graph has no CFG (cfg_beta={cfg_beta} requested); "
-                    "use variant='decomposed' (export with --mode decomposed or both)"
+                    "use layout='decomposed' (export with --mode decomposed or both)"
                 )
+        if cfg_beta is not None and not c.supports_cfg:
+            raise ReflexError(f"this {c.model_type} export does not support CFG (cfg_beta={cfg_beta} requested)")
         nfe = check_nfe(nfe, self.info.supported_nfe)
         check_cfg_beta(cfg_beta)
         return nfe
 
     def _noise(self, noise: np.ndarray | None) -> np.ndarray:
-        """(C, A) float32 noise: the caller's (validated) or a fresh standard normal draw."""
-        from reflex_ros.engine.preprocess import make_noise, validate_noise
+        """(1, C, W) float32 noise: the caller's (validated) or a fresh standard normal draw."""
+        from reflex_ros.engine.schedule import make_noise, validate_noise
 
-        c, a = self.info.chunk_size, self.info.action_dim
-        out = make_noise(self._rng, c, a) if noise is None else validate_noise(noise, c, a)
-        return out[0]
+        c, w = self.info.chunk_size, self.info.action_width
+        return make_noise(self._rng, c, w) if noise is None else validate_noise(noise, c, w)
 
     def _infer_decomposed(self, inputs: dict[str, np.ndarray], noise: np.ndarray, nfe: int,
                           cfg_beta: float | None) -> tuple[np.ndarray, float]:
-        prefix, expert = self._graphs["prefix"], self._graphs["expert"]
-        batch = int(inputs["images"].shape[0])
-        pb = prefix.binding(batch)
-        prefix.run(pb, _obs_feeds(inputs))
-        t_prefix = time.perf_counter()
-        kv = {spec[0]: pb.values[spec[0]] for spec in prefix.outputs}  # KV + mask stay in place
-        eb = expert.binding(batch, shared=kv)
+        from reflex_ros.engine.schedule import euler_loop
 
-        def velocity(x: np.ndarray, t: np.ndarray) -> np.ndarray:
-            expert.run(eb, {X_T: x, TIME: t})
+        prefix, expert = self._graphs["prefix"], self._graphs["expert"]
+        batch = int(next(iter(inputs.values())).shape[0])
+        pb = prefix.binding(batch)
+        prefix.run(pb, {name: inputs[name] for name, _, _ in prefix.inputs})
+        t_prefix = time.perf_counter()
+        shared = {spec[0]: pb.values[spec[0]] for spec in prefix.outputs}  # KV + mask stay in place
+        eb = expert.binding(batch, shared=shared)
+        # observation arrays each step needs (e.g. pi0's state): copied once per chunk
+        extra = {name: inputs[name] for name, _, _ in expert.inputs if name in inputs}
+        for name, array in extra.items():
+            eb.values[name].update_inplace(np.ascontiguousarray(array))
+
+        def velocity(x: np.ndarray, t_i: float) -> np.ndarray:
+            xb = np.ascontiguousarray(np.broadcast_to(x, (batch, *x.shape[1:])))
+            expert.run(eb, {X_T: xb, TIME: np.full((batch,), t_i, dtype=np.float32)})
             return expert.fetch(eb, V_T)
 
-        return euler_denoise(velocity, noise, nfe, cfg_beta), t_prefix
+        return euler_loop(velocity, noise, nfe, cfg_beta), t_prefix
 
     def _infer_monolithic(self, inputs: dict[str, np.ndarray], noise: np.ndarray) -> np.ndarray:
         model = self._graphs["model"]
         mb = model.binding(1)
-        model.run(mb, {**_obs_feeds(inputs), NOISE: noise[None]})
-        return model.fetch(mb, ACTIONS)[0]
-
-
-def _obs_feeds(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """prepare_inputs' dict -> graph input names (lang_mask -> lang_masks as in Reflex)."""
-    return {
-        IMAGES: inputs["images"],
-        LANG_TOKENS: inputs["lang_tokens"],
-        LANG_MASKS: inputs["lang_mask"],
-        STATE: inputs["state"],
-    }
+        feeds = {name: inputs[name] for name, _, _ in model.inputs if name != NOISE}
+        model.run(mb, {**feeds, NOISE: noise})
+        return model.fetch(mb, ACTIONS)

@@ -40,9 +40,9 @@ def resolve_threshold(threshold: float | None = None, strict: bool = False) -> f
 
 @dataclass
 class FixtureResult:
-    """One fixture through one graph variant."""
+    """One fixture through one graph layout."""
 
-    variant: str
+    layout: str
     fixture_idx: int
     nfe: int
     cfg_beta: float | None
@@ -67,11 +67,11 @@ class ParityReport:
     def passed(self) -> bool:
         return bool(self.results) and all(r.passed for r in self.results)
 
-    def by_variant(self) -> dict[str, float]:
-        """variant -> its max_abs_diff (what the export records per graph)."""
+    def by_layout(self) -> dict[str, float]:
+        """layout -> its max_abs_diff (what the export records per graph)."""
         out: dict[str, float] = {}
         for r in self.results:
-            out[r.variant] = max(out.get(r.variant, 0.0), r.max_abs_diff)
+            out[r.layout] = max(out.get(r.layout, 0.0), r.max_abs_diff)
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -81,7 +81,7 @@ class ParityReport:
             "threshold": self.threshold,
             "passed": self.passed,
             "max_abs_diff_across_all": self.max_abs_diff_across_all,
-            "max_abs_diff_by_variant": self.by_variant(),
+            "max_abs_diff_by_layout": self.by_layout(),
             "fixtures": [asdict(r) for r in self.results],
         }
 
@@ -94,9 +94,9 @@ class ParityReport:
     def format_table(self) -> str:
         """The per-fixture table in the style of Reflex's parity output (seeds 002/003)."""
         lines: list[str] = []
-        for variant in dict.fromkeys(r.variant for r in self.results):
-            rows = [r for r in self.results if r.variant == variant]
-            lines.append(f"Per-fixture results ({variant}, nfe={rows[0].nfe})")
+        for layout in dict.fromkeys(r.layout for r in self.results):
+            rows = [r for r in self.results if r.layout == layout]
+            lines.append(f"Per-fixture results ({layout}, nfe={rows[0].nfe})")
             lines.append(f"{'fixture_idx':<12}{'max_abs_diff':<14}{'mean_abs_diff':<15}{'passed':<8}cfg_beta")
             for r in rows:
                 cfg = "-" if r.cfg_beta is None else f"{r.cfg_beta:g}"
@@ -121,32 +121,43 @@ class ParityCheckFailed(ParityError):
 
 @dataclass
 class Fixture:
-    """A seeded observation + noise; every variant and both engines see the same one."""
+    """A seeded observation + noise; every layout and both engines see the same one."""
 
     idx: int
     obs: Observation
-    noise: np.ndarray  # (chunk_size, action_dim) float32
+    noise: np.ndarray  # (chunk_size, action_width) float32
     cfg_beta: float | None
 
 
-def make_fixtures(policy_config: Any, count: int = DEFAULT_FIXTURES, seed: int = 0) -> list[Fixture]:
-    """``count`` fixtures: random images, a random-length state (exercises the zero padding),
-    a random instruction and standard-normal noise, all from ``seed + idx``."""
+def fixture_observations(processor: Any, count: int, seed: int = 0) -> list[Observation]:
+    """``count`` seeded observations in the processor's geometry: random images per camera at
+    the model's input size, a random state (a random length up to ``max_state_dim`` where the
+    family zero-pads, exactly ``state_dim`` where it normalizes per joint) and a random
+    instruction; ``seed + idx`` per observation."""
     if count < 1:
         raise ValueError(f"parity needs at least 1 fixture, got {count}")
-    c = policy_config
     out = []
+    state_dim = getattr(processor, "state_dim", None)
+    s = processor.image_size
     for idx in range(count):
         rng = np.random.default_rng([seed, idx])
-        images = [
-            rng.integers(0, 256, size=(c.image_size, c.image_size, 3), dtype=np.uint8) for _ in range(c.num_cameras)
-        ]
-        state_dim = int(rng.integers(1, c.max_state_dim + 1))
-        state = rng.uniform(-1.5, 1.5, size=state_dim).astype(np.float32)
+        images = {name: rng.integers(0, 256, size=(s, s, 3), dtype=np.uint8) for name in processor.camera_names}
+        dim = int(state_dim) if state_dim else int(rng.integers(1, processor.max_state_dim + 1))
+        state = rng.uniform(-1.5, 1.5, size=dim).astype(np.float32)
         instruction = " ".join(rng.choice(_WORDS, size=int(rng.integers(2, 7))))
-        noise = rng.standard_normal((c.chunk_size, c.action_dim), dtype=np.float32)
-        cfg_beta = FIXTURE_CFG_BETA if idx % 2 else None
-        out.append(Fixture(idx, Observation(images, state, instruction, stamp_ns=idx), noise, cfg_beta))
+        out.append(Observation(images, state, instruction, stamp_ns=idx))
+    return out
+
+
+def make_fixtures(processor: Any, count: int = DEFAULT_FIXTURES, seed: int = 0) -> list[Fixture]:
+    """Observations from :func:`fixture_observations` plus standard-normal noise; odd fixtures
+    run with CFG where the family supports it."""
+    out = []
+    for obs in fixture_observations(processor, count, seed):
+        rng = np.random.default_rng([seed, obs.stamp_ns, 1])
+        noise = rng.standard_normal((processor.chunk_size, processor.action_width), dtype=np.float32)
+        cfg_beta = FIXTURE_CFG_BETA if (obs.stamp_ns % 2 and processor.supports_cfg) else None
+        out.append(Fixture(int(obs.stamp_ns), obs, noise, cfg_beta))
     return out
 
 
@@ -165,51 +176,40 @@ def run_parity(
     threshold: float,
     fixtures: int = DEFAULT_FIXTURES,
     seed: int = 0,
-    variants: tuple[str, ...] | None = None,
+    layouts: tuple[str, ...] | None = None,
 ) -> ParityReport:
-    """Run every fixture through each ONNX variant in ``export_dir`` and through ``model``.
+    """Run every fixture through each ONNX layout in ``export_dir`` and through ``model``.
 
-    ``model`` is the torch FlowPolicy the graphs were exported from (or loaded from the
-    export's own weights, for validate). The ONNX side is the real serving engine on CPU, so
-    preprocessing, binding and the Euler loop are all inside the comparison.
+    ``model`` is the torch model the graphs were exported from (or loaded from the export's
+    own weights, for validate), served by the eager torch engine on the CPU in fp32. The ONNX
+    side is the real serving engine on CPU. Both take the observation through the same
+    processor, so preprocessing, binding, the Euler loop and the postprocessing are all
+    inside the comparison.
     """
-    import torch
-
-    from reflex_ros.engine.bundle import MONOLITHIC, load_bundle
+    from reflex_ros.engine.bundle import load_bundle
     from reflex_ros.engine.onnx_runtime import OnnxEngine
-    from reflex_ros.engine.preprocess import prepare_inputs
-    from reflex_ros.engine.sampler import sample_actions
+    from reflex_ros.engine.torch_runtime import TorchEngine
+    from reflex_ros.vocab import CPU, MONOLITHIC
 
     bundle = load_bundle(export_dir)
     report = ParityReport(threshold=threshold, export_dir=str(export_dir))
-    model = model.eval()
-    param = next(model.parameters())
-    device, dtype = param.device, param.dtype
-    for variant in variants or bundle.variants:
-        engine = OnnxEngine(export_dir, provider="CPUExecutionProvider", variant=variant, bundle=bundle)
-        try:
-            nfe = bundle.default_nfe(variant)
-            policy_config = engine.policy_config
-            for fx in make_fixtures(policy_config, fixtures, seed):
-                cfg_beta = None if variant == MONOLITHIC else fx.cfg_beta
-                got = engine.infer(fx.obs, nfe=nfe, cfg_beta=cfg_beta, noise=fx.noise).actions
-                inputs = prepare_inputs(fx.obs, policy_config, cfg_beta)
-                with torch.inference_mode():
-                    ref = sample_actions(
-                        model,
-                        torch.from_numpy(inputs["images"]).to(device),
-                        torch.from_numpy(inputs["lang_tokens"]).to(device),
-                        torch.from_numpy(inputs["lang_mask"]).to(device),
-                        torch.from_numpy(inputs["state"]).to(device, dtype),
-                        torch.from_numpy(fx.noise[None]).to(device, dtype),
-                        nfe,
-                        cfg_beta=cfg_beta,
+    processor = bundle.processor()
+    reference = TorchEngine(model, processor, device="cpu", dtype="fp32", model_hash=bundle.model_hash)
+    try:
+        for layout in layouts or bundle.layouts:
+            engine = OnnxEngine(export_dir, provider=CPU, layout=layout, bundle=bundle)
+            try:
+                nfe = bundle.config.default_nfe_for(layout)
+                for fx in make_fixtures(processor, fixtures, seed):
+                    cfg_beta = None if layout == MONOLITHIC else fx.cfg_beta
+                    got = engine.infer(fx.obs, nfe=nfe, cfg_beta=cfg_beta, noise=fx.noise).actions
+                    want = reference.infer(fx.obs, nfe=nfe, cfg_beta=cfg_beta, noise=fx.noise).actions
+                    max_abs, mean_abs = compare(got, want)
+                    report.results.append(
+                        FixtureResult(layout, fx.idx, nfe, cfg_beta, max_abs, mean_abs, max_abs <= threshold)
                     )
-                want = ref.detach().float().cpu().numpy().reshape(got.shape)
-                max_abs, mean_abs = compare(got, want)
-                report.results.append(
-                    FixtureResult(variant, fx.idx, nfe, cfg_beta, max_abs, mean_abs, max_abs <= threshold)
-                )
-        finally:
-            engine.close()
+            finally:
+                engine.close()
+    finally:
+        reference.release()
     return report

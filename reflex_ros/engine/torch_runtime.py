@@ -10,12 +10,14 @@ the two replays give the prefix/denoise split for free (no sync, ~a few us of la
 split is what the latency tracker and the bench report. Both graphs of a plan share one
 memory pool and are always replayed in capture order, which is what pool sharing requires.
 
-What the graphs run: by default the fused fast path (:mod:`reflex_ros.engine.fused`: one
-preallocated K/V buffer, RoPE/attention/gated-GELU as single kernels, residual adds fused
-into the GEMM epilogue or the following norm), else the reference ``FlowPolicy.prefix`` + ``sampler.denoise`` (``fused=False``,
-or a config the fused path does not cover). :meth:`TorchEngine.build_runner` builds the
-static inputs and the two stage functions without capturing, so CPU tests check exactly
-what the GPU captures against the reference.
+What the graphs run: the family's fused fast path where it has one (``Family.fast_path``;
+the reference family's is ``policies/reference/fused.py``: one preallocated K/V buffer,
+RoPE/attention/gated-GELU as single kernels from ``engine/kernels.py``), else the model's
+own ``prefix`` + the one Euler loop (``sampler.denoise``) (``fused=False``, or a model the
+fast path does not cover). :meth:`TorchEngine.build_runner` builds the static inputs and the
+two stage functions without capturing, so CPU tests check exactly what the GPU captures
+against the reference. Any family's model is served: the processor (numpy, shared with the
+ONNX engine) prepares the inputs and post-processes the actions.
 """
 
 from __future__ import annotations
@@ -29,23 +31,19 @@ import numpy as np
 import torch
 
 from reflex_ros.engine.capture_cache import CaptureCache, GraphKey, graph_key
-from reflex_ros.engine.fused import FusedPolicy
-from reflex_ros.engine.fused import supports as fused_supports
-from reflex_ros.engine.model import FlowPolicy
-from reflex_ros.engine.preprocess import make_noise, prepare_inputs, validate_noise
+from reflex_ros.engine.precision import dtype_name, resolve_dtype
 from reflex_ros.engine.sampler import denoise
-from reflex_ros.engine.schedule import check_cfg_beta, check_nfe
+from reflex_ros.engine.schedule import check_cfg_beta, check_nfe, make_noise, validate_noise
 from reflex_ros.engine.types import (
-    NFE_CHOICES,
+    ANY_NFE,
     ChunkResult,
     EngineInfo,
     Observation,
     ProviderUnavailableError,
     ReflexError,
 )
-from reflex_ros.engine.weights import dtype_name, resolve_dtype
 
-INPUT_NAMES = ("images", "lang_tokens", "lang_mask", "state")
+_TORCH_DTYPES = {"float32": torch.float32, "uint8": torch.uint8, "int64": torch.int64, "bool": torch.bool}
 
 
 def resolve_device(device: str | torch.device, cuda_graph: bool) -> torch.device:
@@ -69,21 +67,21 @@ class GraphRunner:
     """One plan before capture: static input buffers and the two stage functions.
 
     ``run_denoise(run_prefix())`` computes the chunk from whatever is in ``inputs``; the
-    engine captures each call into a graph, CPU tests call them directly. With the fused path
-    and CFG, ``inputs["images"]`` has batch 1 (both slots share the images).
+    engine captures each call into a graph, CPU tests call them directly. With a fast path
+    and CFG, its ``shared_inputs`` (the images) have batch 1: both slots share them.
     """
 
     key: GraphKey
     inputs: dict[str, torch.Tensor]
     run_prefix: Callable[[], Any]
     run_denoise: Callable[[Any], torch.Tensor]
-    fused: FusedPolicy | None = None
+    fused: Any = None
     keep: list = field(default_factory=list)  # static state both stages use (fused K/V buffers)
 
     def stage(self, name: str, arr: np.ndarray) -> np.ndarray:
-        """``arr`` as its static buffer takes it (CFG images: the shared first slot)."""
+        """``arr`` as its static buffer takes it (CFG shared inputs: the first slot)."""
         want = self.inputs[name].shape
-        if name == "images" and arr.shape[0] != want[0]:
+        if arr.shape[0] != want[0]:
             return arr[: want[0]]
         return arr
 
@@ -126,41 +124,47 @@ class _StageClock:
 
 
 class TorchEngine:
-    """The :class:`~reflex_ros.engine.types.Engine` protocol on a torch :class:`FlowPolicy`.
+    """The :class:`~reflex_ros.engine.types.Engine` protocol on a family's torch model.
 
-    ``model`` is converted to ``device``/``dtype`` in place (the engine takes it over).
-    ``cuda_graph=True`` needs a CUDA device; on a CPU-only machine it raises
+    ``model`` (a :class:`~reflex_ros.policies.base.PolicyModel`) is converted to
+    ``device``/``dtype`` in place (the engine takes it over); ``processor`` is the family's
+    numpy processor. ``cuda_graph=True`` needs a CUDA device; on a CPU-only machine it raises
     ProviderUnavailableError. Graphs are captured lazily on the first inference of each
-    (nfe, chunk, batch, cfg) or eagerly with :meth:`warmup`. ``fused`` (default: wherever
-    the config allows) makes the graphs run the fused fast path; eager inference always runs
-    the reference model.
+    (nfe, chunk, batch, cfg) or eagerly with :meth:`warmup`. ``fast_path`` (the family's
+    fused path, or None) is what the graphs run when given and ``fused`` is not False; eager
+    inference always runs the model's own code.
     """
 
     def __init__(
         self,
-        model: FlowPolicy,
+        model: Any,
+        processor: Any,
         *,
         device: str | torch.device = "cpu",
         dtype: str | torch.dtype = "fp32",
         cuda_graph: bool = False,
         model_hash: str = "",
-        supported_nfe: tuple[int, ...] = NFE_CHOICES,
+        supported_nfe: tuple[int, ...] = ANY_NFE,
         default_nfe: int | None = None,
         seed: int = 0,
         max_graphs: int = 8,
+        fast_path: Callable[[Any], Any] | None = None,
         fused: bool | None = None,
+        model_type: str = "",
+        extra: dict[str, str] | None = None,
     ) -> None:
         self.device = resolve_device(device, cuda_graph)
         self.dtype = resolve_dtype(dtype)
         self.cuda_graph = bool(cuda_graph)
-        self.model: FlowPolicy | None = model.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
-        self.cfg = model.cfg
-        if fused and not fused_supports(self.cfg):
-            raise ValueError(f"fused=True needs num_kv_heads == 1 and a power-of-two head_dim "
-                             f"(got {self.cfg.num_kv_heads}, {self.cfg.head_dim}); use fused=False")
-        self.fused: FusedPolicy | None = (
-            FusedPolicy(self.model) if (fused is None and fused_supports(self.cfg)) or fused else None
-        )
+        self.processor = processor
+        self.model: Any = model.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
+        self.fused: Any = None
+        if fused is not False and fast_path is not None:
+            self.fused = fast_path(self.model)
+            if self.fused is None and fused:
+                raise ValueError("fused=True but this model has no fast path (see the family's fast_path)")
+        elif fused:
+            raise ValueError("fused=True needs the family's fast path")
         self.supported_nfe = tuple(int(n) for n in supported_nfe)
         self.default_nfe = check_nfe(
             default_nfe if default_nfe is not None else (10 if 10 in self.supported_nfe else max(self.supported_nfe)),
@@ -168,25 +172,30 @@ class TorchEngine:
         )
         self._rng = np.random.default_rng(seed)
         self.graphs: CaptureCache[GraphPlan] = CaptureCache(self._capture, max_entries=max_graphs)
-        cfg = self.cfg
-        extra = {"preset": cfg.preset, "device": str(self.device), "params": str(model.num_parameters())}
+        p = processor
+        params = sum(t.numel() for t in self.model.parameters())
+        info_extra = {"device": str(self.device), "params": str(params), **(extra or {})}
         if self.device.type == "cuda":
-            extra["gpu"] = torch.cuda.get_device_name(self.device)
+            info_extra["gpu"] = torch.cuda.get_device_name(self.device)
         if self.cuda_graph:
-            extra["graph_path"] = f"fused-{self.fused.backend}" if self.fused is not None else "reference"
+            info_extra["graph_path"] = f"fused-{self.fused.backend}" if self.fused is not None else "reference"
         self.info = EngineInfo(
             engine="torch",
             provider=self.device.type,
             dtype=dtype_name(self.dtype),
-            chunk_size=cfg.chunk_size,
-            action_dim=cfg.action_dim,
-            max_state_dim=cfg.max_state_dim,
-            num_cameras=cfg.num_cameras,
-            image_size=cfg.image_size,
+            chunk_size=p.chunk_size,
+            action_dim=p.action_dim,
+            max_state_dim=p.max_state_dim,
+            num_cameras=len(p.camera_names),
+            image_size=p.image_size,
             supported_nfe=self.supported_nfe,
             model_hash=model_hash,
             cuda_graph=self.cuda_graph,
-            extra=extra,
+            extra=info_extra,
+            model_type=model_type,
+            camera_names=tuple(p.camera_names),
+            action_width=p.action_width,
+            state_dim=int(p.state_dim or 0),
         )
 
     # -- public API ------------------------------------------------------------------------
@@ -198,30 +207,31 @@ class TorchEngine:
         cfg_beta: float | None = None,
         noise: np.ndarray | None = None,
     ) -> ChunkResult:
-        model = self._live_model()
+        self._live_model()
         clock = _StageClock(self.device)
         t_start = time.perf_counter()
         nfe = check_nfe(self.default_nfe if nfe is None else nfe, self.supported_nfe)
         beta = check_cfg_beta(cfg_beta)
-        cfg = self.cfg
-        arrays = prepare_inputs(obs, cfg, beta)
-        arrays["noise"] = (
-            validate_noise(noise, cfg.chunk_size, cfg.action_dim)
-            if noise is not None
-            else make_noise(self._rng, cfg.chunk_size, cfg.action_dim)
-        )
+        if beta is not None and not self.processor.supports_cfg:
+            raise ReflexError(f"this {self.info.model_type or 'model'} does not support CFG (cfg_beta={cfg_beta})")
+        c, w = self.info.chunk_size, self.info.action_width
+        arrays = self.processor.prepare(obs, beta)
+        arrays["noise"] = validate_noise(noise, c, w) if noise is not None else make_noise(self._rng, c, w)
         host_ms = (time.perf_counter() - t_start) * 1e3
         with torch.inference_mode():
             if self.cuda_graph:
-                actions = self._run_graph(arrays, nfe, beta, clock)
+                x = self._run_graph(arrays, nfe, beta, clock)
             else:
-                actions = self._run_eager(model, arrays, nfe, beta, clock)
+                x = self._run_eager(arrays, nfe, beta, clock)
+        t_post = time.perf_counter()
+        actions = self.processor.postprocess(x.reshape(c, w))
+        post_ms = (time.perf_counter() - t_post) * 1e3
         upload_ms, prefix_ms, denoise_ms = clock.spans_ms()
         total_ms = (time.perf_counter() - t_start) * 1e3
         return ChunkResult(
             actions=actions,
             timings_ms={
-                "preprocess": host_ms + upload_ms,
+                "preprocess": host_ms + upload_ms + post_ms,
                 "prefix": prefix_ms,
                 "denoise": denoise_ms,
                 "total": total_ms,
@@ -231,37 +241,44 @@ class TorchEngine:
             cfg_beta=beta,
         )
 
+    def example_observation(self, instruction: str = "warm up") -> Observation:
+        """A zero observation at the model's geometry (warm-up, capture)."""
+        p = self.processor
+        s = p.image_size
+        images = {name: np.zeros((s, s, 3), np.uint8) for name in p.camera_names}
+        dim = p.state_dim or p.max_state_dim
+        return Observation(images=images, state=np.zeros(dim, np.float32), instruction=instruction)
+
     def warmup(self, nfe: int | None = None, cfg_beta: float | None = None) -> None:
         """Run one dummy inference so the first real one pays no capture / autotune cost."""
-        cfg = self.cfg
-        obs = Observation(
-            images=[np.zeros((cfg.image_size, cfg.image_size, 3), np.uint8)] * cfg.num_cameras,
-            state=np.zeros(cfg.max_state_dim, np.float32),
-            instruction="warm up",
-        )
-        self.infer(obs, nfe=nfe, cfg_beta=cfg_beta)
+        self.infer(self.example_observation(), nfe=nfe, cfg_beta=cfg_beta)
 
-    def close(self) -> None:
-        """Drop graphs, buffers and the model reference, and return cached GPU memory."""
+    def release(self) -> None:
+        """Drop graphs and buffers, keep nothing on the device; the model object stays the
+        caller's (parity hands a model it goes on using)."""
         self.graphs.clear()
         self.model = None
         self.fused = None
+
+    def close(self) -> None:
+        """Drop graphs, buffers and the model reference, and return cached GPU memory."""
+        self.release()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.empty_cache()
 
     # -- eager -----------------------------------------------------------------------------
-    def _run_eager(
-        self, model: FlowPolicy, arrays: dict[str, np.ndarray], nfe: int, beta: float | None, clock: _StageClock
-    ) -> np.ndarray:
+    def _run_eager(self, arrays: dict[str, np.ndarray], nfe: int, beta: float | None, clock: _StageClock) -> np.ndarray:
+        model = self._live_model()
         dev = self.device
         clock.mark()
-        t = {k: torch.from_numpy(v).to(dev, non_blocking=True) for k, v in arrays.items()}
+        t = {k: torch.from_numpy(np.ascontiguousarray(v)).to(dev, non_blocking=True) for k, v in arrays.items()}
+        t = self._model_inputs(t)
         clock.mark()
-        prefix_k, prefix_v, prefix_mask = model.prefix(t["images"], t["lang_tokens"], t["lang_mask"], t["state"])
+        kv, mask = model.prefix(**{n: t[n] for n in model.prefix_input_names})
         clock.mark()
-        actions = denoise(model, prefix_k, prefix_v, prefix_mask, t["noise"], nfe, beta)
-        out = actions[0].to("cpu")  # synchronizes
+        x = denoise(model, kv, mask, t["noise"], nfe, beta, {n: t[n] for n in model.expert_input_names})
+        out = x[0].to("cpu")  # synchronizes
         clock.mark()
         if clock.cuda:
             clock.marks[-1].synchronize()
@@ -269,7 +286,7 @@ class TorchEngine:
 
     # -- CUDA graph ------------------------------------------------------------------------
     def _run_graph(self, arrays: dict[str, np.ndarray], nfe: int, beta: float | None, clock: _StageClock) -> np.ndarray:
-        plan = self.graphs.get(graph_key(nfe, self.cfg.chunk_size, beta))
+        plan = self.graphs.get(graph_key(nfe, self.info.chunk_size, beta))
         clock.mark()
         for name, arr in arrays.items():
             plan.host[name].numpy()[...] = plan.runner.stage(name, arr)
@@ -285,42 +302,53 @@ class TorchEngine:
         clock.marks[-1].synchronize()
         return plan.actions_host[0].numpy().copy()
 
-    def _static_inputs(self, key: GraphKey, image_batch: int) -> dict[str, torch.Tensor]:
-        cfg, dev, B = self.cfg, self.device, key.batch
-        s = cfg.image_size
-        return {
-            "images": torch.zeros((image_batch, cfg.num_cameras, s, s, 3), dtype=torch.uint8, device=dev),
-            "lang_tokens": torch.ones((B, cfg.max_lang_tokens), dtype=torch.int64, device=dev),
-            "lang_mask": torch.ones((B, cfg.max_lang_tokens), dtype=torch.bool, device=dev),
-            "state": torch.zeros((B, cfg.max_state_dim), dtype=torch.float32, device=dev),
-            "noise": torch.zeros((1, key.chunk_size, cfg.action_dim), dtype=torch.float32, device=dev),
-            "beta": torch.ones((), dtype=torch.float32, device=dev),
-        }
+    def _model_inputs(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Float inputs in the model's dtype (the noise stays fp32: x is integrated in fp32).
+        Inside a captured graph this is one cast kernel per float input."""
+        return {k: v.to(self.dtype) if v.is_floating_point() and k != "noise" else v for k, v in tensors.items()}
+
+    def _static_inputs(self, key: GraphKey, shared_batch: int, shared: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        """Zeroed device buffers of every processor output in the processor's dtypes (staged
+        from numpy through pinned host buffers), plus noise and beta; bool masks start True
+        so a warm-up replay attends to something."""
+        dev, B = self.device, key.batch
+        out: dict[str, torch.Tensor] = {}
+        for name, dtype, shape in self.processor.input_specs():
+            dims = [shared_batch if name in shared else B, *[int(d) for d in shape[1:]]]
+            fill = 1 if dtype == "bool" else 0
+            out[name] = torch.full(dims, fill, dtype=_TORCH_DTYPES[dtype], device=dev)
+        out["noise"] = torch.zeros((1, key.chunk_size, self.info.action_width), dtype=torch.float32, device=dev)
+        out["beta"] = torch.ones((), dtype=torch.float32, device=dev)
+        return out
 
     def build_runner(self, key: GraphKey) -> GraphRunner:
         """Static inputs and the prefix/denoise stage functions of one plan (no capture)."""
         model = self._live_model()
-        if key.chunk_size != self.cfg.chunk_size:
-            raise ValueError(f"chunk_size {key.chunk_size} != model chunk_size {self.cfg.chunk_size}")
+        if key.chunk_size != self.info.chunk_size:
+            raise ValueError(f"chunk_size {key.chunk_size} != model chunk_size {self.info.chunk_size}")
         fused = self.fused
-        inp = self._static_inputs(key, image_batch=1 if (fused is not None and key.cfg) else key.batch)
+        shared = tuple(getattr(fused, "shared_inputs", ())) if (fused is not None and key.cfg) else ()
+        inp = self._static_inputs(key, 1, shared)
         beta = inp["beta"] if key.cfg else None
         if fused is not None:
             buf = fused.allocate(key.batch, key.nfe)
+            names = tuple(n for n, _, _ in self.processor.input_specs())
 
             def fused_prefix() -> None:
-                fused.prefix(buf, inp["images"], inp["lang_tokens"], inp["lang_mask"], inp["state"])
+                fused.prefix(buf, **{n: inp[n] for n in names})  # the fast path casts itself
 
             def fused_denoise(_: Any) -> torch.Tensor:
                 return fused.denoise(buf, inp["noise"], beta)
 
             return GraphRunner(key, inp, fused_prefix, fused_denoise, fused, keep=[buf])
 
-        def run_prefix() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-            return model.prefix(inp["images"], inp["lang_tokens"], inp["lang_mask"], inp["state"])
+        def run_prefix() -> tuple[list[torch.Tensor], torch.Tensor]:
+            t = self._model_inputs({n: inp[n] for n in model.prefix_input_names})
+            return model.prefix(**t)
 
-        def run_denoise(kv: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
-            return denoise(model, *kv, inp["noise"], key.nfe, beta)
+        def run_denoise(kv: tuple[list[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+            extra = self._model_inputs({n: inp[n] for n in model.expert_input_names})
+            return denoise(model, kv[0], kv[1], inp["noise"], key.nfe, beta, extra)
 
         return GraphRunner(key, inp, run_prefix, run_denoise)
 
@@ -346,10 +374,10 @@ class TorchEngine:
         inp = runner.inputs
         host = {k: torch.empty(v.shape, dtype=v.dtype, pin_memory=True) for k, v in inp.items() if k != "beta"}
         actions_host = torch.empty(actions.shape, dtype=actions.dtype, pin_memory=True)
-        keep = list(kv) if isinstance(kv, tuple) else []
+        keep = [kv] if kv is not None else []
         return GraphPlan(key, inp, host, prefix_graph, denoise_graph, actions, actions_host, keep=keep, runner=runner)
 
-    def _live_model(self) -> FlowPolicy:
+    def _live_model(self) -> Any:
         if self.model is None:
             raise ReflexError("this TorchEngine was closed; create a new one (load_engine) to infer again")
         return self.model

@@ -7,6 +7,7 @@ and the calibrator can be tested, benchmarked and replayed from bags without rcl
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -44,15 +45,19 @@ class ParityError(ReflexError):
 class Observation:
     """One synchronized observation.
 
-    images: one ``(H, W, 3)`` uint8 RGB array per camera, in the export's camera order and
-        already at the model's input size (the ROS layer decodes and resizes).
+    images: ``(H, W, 3)`` uint8 RGB arrays at the camera's own resolution: either a list in
+        the export's camera order, or a mapping camera name -> image (``EngineInfo.camera_names``;
+        for a LeRobot policy these are its feature keys, e.g. ``observation.images.top``). With
+        a mapping, a camera that is absent is missing for this observation and the model
+        handles it as its family does (LeRobot: a masked, -1-filled image). Resizing to the
+        model's input size is the engine's job (each family resizes its own way).
     state: ``(state_dim,)`` float32 joint state in the order of the node's ``joint_names``;
-        ``state_dim <= max_state_dim`` (the engine zero-pads, as pi0 does).
+        ``state_dim <= max_state_dim`` (the engine normalizes and zero-pads as the family does).
     instruction: the language instruction.
     stamp_ns: the observation time (ROS time, nanoseconds); chunks are stamped from it.
     """
 
-    images: list[np.ndarray]
+    images: Sequence[np.ndarray] | Mapping[str, np.ndarray]
     state: np.ndarray
     instruction: str
     stamp_ns: int = 0
@@ -62,7 +67,8 @@ class Observation:
 class ChunkResult:
     """One action chunk and how long it took.
 
-    actions: ``(chunk_size, action_dim)`` float32; row i is meant for ``stamp_ns + i*dt``.
+    actions: ``(chunk_size, action_dim)`` float32, what the robot gets (un-normalized);
+        row i is meant for ``stamp_ns + i*dt``.
     timings_ms: per-stage wall times: ``preprocess``, ``prefix``, ``denoise``, ``total``
         (GPU engines synchronize before reading the clock).
     """
@@ -85,11 +91,26 @@ class EngineInfo:
     action_dim: int
     max_state_dim: int
     num_cameras: int
-    image_size: int  # square input side in pixels
+    image_size: int  # the model's (square) input side in pixels; cameras may be any size
     supported_nfe: tuple[int, ...]
     model_hash: str
     cuda_graph: bool = False
     extra: dict[str, str] = field(default_factory=dict)
+    model_type: str = "reflex_ros_flow_vla"
+    #: camera names in the export's order (``Observation.images`` keys)
+    camera_names: tuple[str, ...] = ()
+    #: the sampler's action width (noise is ``(chunk_size, action_width)``); LeRobot models
+    #: sample ``max_action_dim`` and the robot gets the first ``action_dim``
+    action_width: int = 0
+    #: the exact state length the model needs (a LeRobot policy normalizes per joint), or 0:
+    #: any length up to ``max_state_dim``, zero-padded
+    state_dim: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.camera_names:
+            self.camera_names = tuple(f"camera{i}" for i in range(self.num_cameras))
+        if not self.action_width:
+            self.action_width = self.action_dim
 
 
 @runtime_checkable
@@ -107,8 +128,8 @@ class Engine(Protocol):
         noise: np.ndarray | None = None,
     ) -> ChunkResult:
         """Compute one chunk. ``nfe`` must be in ``info.supported_nfe``; ``cfg_beta`` None
-        means no guidance, otherwise it must be >= 1. ``noise`` (chunk_size, action_dim)
-        float32 makes the call deterministic (parity checks, replay)."""
+        means no guidance, otherwise it must be >= 1. ``noise`` (chunk_size, action_width)
+        float32 makes the call deterministic (parity checks, replay, predict)."""
         ...
 
     def close(self) -> None:
@@ -116,4 +137,9 @@ class Engine(Protocol):
         ...
 
 
+#: the NFE values the auto-calibrator chooses among (Reflex's auto-calibrate page)
 NFE_CHOICES: tuple[int, ...] = (1, 2, 4, 8, 10)
+#: the most denoising steps one chunk may take; a decomposed export serves any NFE up to it
+#: (its expert graph is one step), a monolithic one only its unrolled NFE
+MAX_NFE = 100
+ANY_NFE: tuple[int, ...] = tuple(range(1, MAX_NFE + 1))

@@ -12,29 +12,13 @@ from pathlib import Path
 
 import torch
 
-from reflex_ros.engine.config import PolicyConfig, get_preset
-from reflex_ros.engine.model import FlowPolicy, create_policy
+from reflex_ros.engine.precision import resolve_dtype
 from reflex_ros.engine.types import ExportError
+from reflex_ros.policies.reference.config import PolicyConfig, get_preset
+from reflex_ros.policies.reference.model import FlowPolicy, create_policy
 
 WEIGHTS_FILE = "policy.safetensors"
 CONFIG_FILE = "policy_config.json"
-
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    """Accept "fp32" / "bf16" / "fp16" or a torch dtype."""
-    if isinstance(dtype, torch.dtype):
-        if dtype not in _DTYPES.values():
-            raise ValueError(f"unsupported dtype {dtype}; choose one of {sorted(_DTYPES)}")
-        return dtype
-    if dtype not in _DTYPES:
-        raise ValueError(f"unsupported dtype {dtype!r}; choose one of {sorted(_DTYPES)}")
-    return _DTYPES[dtype]
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    return {v: k for k, v in _DTYPES.items()}[dtype]
 
 
 def build_policy(preset_or_config: str | PolicyConfig, device: str | torch.device = "cpu", **overrides) -> FlowPolicy:

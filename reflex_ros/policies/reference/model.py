@@ -8,7 +8,10 @@ embeds the noisy action chunk with the flow time, and at every layer its action 
 to that layer's prefix K/V plus their own. A linear head gives the velocity.
 
 Two entry points, so the runtimes can compute the prefix once and reuse its KV for every
-denoising step: :meth:`FlowPolicy.prefix` and :meth:`FlowPolicy.velocity`.
+denoising step: :meth:`FlowPolicy.prefix` and :meth:`FlowPolicy.velocity` (the
+:class:`~reflex_ros.policies.base.PolicyModel` interface every family implements). The prefix
+token layout (image tokens, language tokens, one state token; positions that skip padding)
+lives in :meth:`FlowPolicy.embed_prefix`, which the fused CUDA-graph path calls too.
 
 Everything is traceable (no data-dependent Python control flow, no ``.item()``), so the same
 code is captured in a CUDA graph and exported to ONNX; images arrive as uint8 and are
@@ -23,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reflex_ros.engine.config import PolicyConfig
+from reflex_ros.policies.reference.config import PolicyConfig
 
 # pi0's sinusoidal time embedding periods
 TIME_MIN_PERIOD = 4e-3
@@ -154,7 +157,7 @@ def small_query_attention(
     Fused attention kernels tile over queries, so that is ~7 thread blocks on a 132-SM GPU
     (measured ~37 us per call on an H200, 180 calls per chunk), while two small GEMMs and a
     softmax each fill the GPU. ``bias`` is the additive mask already expanded to
-    [B*kvh, (H/kvh)*Lq, S] (built once per chunk in :meth:`FlowPolicy.expert_context`).
+    [B*kvh, (H/kvh)*Lq, S] (built once per chunk in :meth:`FlowPolicy.step_context`).
     """
     B, Lq, H, d = q.shape
     qf = fold_queries(q, num_kv_heads)
@@ -322,41 +325,65 @@ class FlowPolicy(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    # -- prefix: once per chunk ----------------------------------------------------------
-    def prefix(
-        self, images_u8: torch.Tensor, lang_tokens: torch.Tensor, lang_mask: torch.Tensor, state: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per-layer prefix K/V.
+    # -- the PolicyModel interface ------------------------------------------------------
+    prefix_input_names: tuple[str, ...] = ("images", "lang_tokens", "lang_masks", "state")
+    expert_input_names: tuple[str, ...] = ()
 
-        images_u8 uint8 [B,N,H,W,3]; lang_tokens int64 [B,L]; lang_mask bool [B,L];
-        state float [B, max_state_dim]. Returns ``prefix_k``/``prefix_v``
-        [layers, B, kvh, P, head_dim] (K after RoPE) and ``prefix_mask`` bool [B, P].
+    def kv_shapes(self, batch: int | str) -> list[tuple[int | str, ...]]:
+        """Each layer's K and V: [B, kv_heads, prefix_len, head_dim] (K after RoPE)."""
+        c = self.cfg
+        return [(batch, c.num_kv_heads, c.prefix_len, c.head_dim)] * (2 * c.depth)
+
+    # -- prefix: once per chunk ----------------------------------------------------------
+    def embed_prefix(
+        self, image_tokens: torch.Tensor, lang_tokens: torch.Tensor, lang_masks: torch.Tensor, state: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The prefix token layout: ``[image tokens | language tokens | state token]``.
+
+        Returns the embedded tokens [B, P, width], the keep mask bool [B, P] (padded language
+        tokens are False) and the positions [B, P] (pi0: the count of valid tokens before each
+        one, so pads don't advance RoPE). The one place this layout is defined: the eager
+        model and the fused path both call it. ``image_tokens`` may have batch 1 under CFG
+        (both slots share their images).
         """
         cfg = self.cfg
         dtype = self.dtype
-        img = self.vision(images_u8)
+        B = lang_tokens.shape[0]
+        if image_tokens.shape[0] != B:
+            image_tokens = image_tokens.expand(B, -1, -1)
         lang = self.embed_tokens(lang_tokens) * math.sqrt(cfg.width)
         st = self.state_proj(state.to(dtype))[:, None, :]
-        x = torch.cat([img, lang.to(dtype), st], dim=1)
-        lang_mask = lang_mask.to(torch.bool)
-        always = torch.ones_like(lang_mask[:, :1])
-        mask = torch.cat([always.expand(-1, img.shape[1]), lang_mask, always], dim=1)
-        # pi0 positions: count of valid tokens before each one (pads don't advance)
-        positions = torch.cumsum(mask.to(torch.int64), dim=-1) - 1
-        rope = rope_tables(positions, cfg.head_dim, cfg.rope_theta, dtype)
-        attn_mask = additive_mask(mask[:, None, None, :], dtype)
-        ks, vs = [], []
+        x = torch.cat([image_tokens, lang.to(dtype), st], dim=1)
+        lang_masks = lang_masks.to(torch.bool)
+        always = torch.ones_like(lang_masks[:, :1])
+        keep = torch.cat([always.expand(-1, image_tokens.shape[1]), lang_masks, always], dim=1)
+        positions = torch.cumsum(keep.to(torch.int64), dim=-1) - 1
+        return x, keep, positions
+
+    def prefix(
+        self, images: torch.Tensor, lang_tokens: torch.Tensor, lang_masks: torch.Tensor, state: torch.Tensor
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Per-layer prefix K/V and the prefix mask.
+
+        images uint8 [B,N,H,W,3]; lang_tokens int64 [B,L]; lang_masks bool [B,L];
+        state float [B, max_state_dim]. Returns the flat list ``[k_0, v_0, k_1, v_1, ...]``,
+        each [B, kvh, P, head_dim] (K after RoPE), and the prefix mask bool [B, P].
+        """
+        cfg = self.cfg
+        x, mask, positions = self.embed_prefix(self.vision(images), lang_tokens, lang_masks, state)
+        rope = rope_tables(positions, cfg.head_dim, cfg.rope_theta, self.dtype)
+        attn_mask = additive_mask(mask[:, None, None, :], self.dtype)
+        kv: list[torch.Tensor] = []
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             q, k, v = layer.project_qkv(x, rope)
-            ks.append(k)
-            vs.append(v)
+            kv += [k, v]
             if i < last:  # the last layer's attention output and MLP feed nothing: skip them
                 x = layer.finish(x, q, k, v, attn_mask)
-        return torch.stack(ks), torch.stack(vs), mask
+        return kv, mask
 
     # -- velocity: once per denoising step -----------------------------------------------
-    def expert_context(self, prefix_mask: torch.Tensor) -> ExpertContext:
+    def step_context(self, prefix_mask: torch.Tensor) -> ExpertContext:
         """RoPE tables and attention mask for the action tokens (positions continue after the
         valid prefix tokens; padded prefix keys masked; action tokens see each other)."""
         cfg = self.cfg
@@ -375,18 +402,17 @@ class FlowPolicy(nn.Module):
         self,
         x_t: torch.Tensor,
         t: torch.Tensor,
-        prefix_k: torch.Tensor,
-        prefix_v: torch.Tensor,
+        kv: list[torch.Tensor],
         prefix_mask: torch.Tensor,
         context: ExpertContext | None = None,
     ) -> torch.Tensor:
-        """Velocity ``v_t`` [B, chunk, action_dim] (model dtype) at flow time ``t`` [B].
+        """Velocity ``v_t`` [B, chunk, action_dim] (float32) at flow time ``t`` [B].
 
-        ``context`` (from :meth:`expert_context`) may be passed to skip rebuilding the
+        ``context`` (from :meth:`step_context`) may be passed to skip rebuilding the
         per-chunk constants at every step; it is optional so the exported per-step graph
         keeps the simple (x_t, t, KV, mask) signature.
         """
-        ctx = context if context is not None else self.expert_context(prefix_mask)
+        ctx = context if context is not None else self.step_context(prefix_mask)
         dtype = self.dtype
         ew = self.cfg.expert_width
         a = self.action_in(x_t.to(dtype))
@@ -394,10 +420,10 @@ class FlowPolicy(nn.Module):
         h = self.time_mlp_out(F.silu(self.time_mlp_in(torch.cat([a, temb], dim=-1))))
         for i, layer in enumerate(self.expert_layers):
             q, k, v = layer.project_qkv(h, ctx.rope)
-            keys = torch.cat([prefix_k[i], k], dim=2)
-            values = torch.cat([prefix_v[i], v], dim=2)
+            keys = torch.cat([kv[2 * i], k], dim=2)
+            values = torch.cat([kv[2 * i + 1], v], dim=2)
             h = layer.finish(h, q, keys, values, ctx.mask, small_queries=True)
-        return self.action_out(self.expert_norm(h))
+        return self.action_out(self.expert_norm(h)).to(torch.float32)
 
 
 # ---------------------------------------------------------------------------------------
