@@ -1,0 +1,22 @@
+"""pi0's numpy processor: newline-terminated prompt, centred resize-with-pad, padded state."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from reflex_ros.policies.lerobot.images import resize_with_pad_centered
+from reflex_ros.policies.lerobot.processor import LeRobotProcessor
+
+
+class Pi0Processor(LeRobotProcessor):
+    """LeRobot pi0's preprocessing (``Pi0NewLineProcessor`` + PaliGemma tokenizer, max_length
+    padding) and its ``_preprocess_images`` / ``prepare_state``."""
+
+    base_output_names = ("images", "image_masks", "lang_tokens", "lang_masks", "state")
+
+    def resize_image(self, rgb: np.ndarray) -> np.ndarray:
+        return resize_with_pad_centered(rgb, *self.spec.image_hw)
+
+    def build_prompt(self, task: str, normalized_state: np.ndarray) -> str:
+        """PaliGemma expects the prompt to end with a newline; LeRobot adds one if missing."""
+        return task if task.endswith("\n") else task + "\n"

@@ -1,0 +1,1 @@
+"""LeRobot SmolVLA: truncated SmolVLM prefix, interleaved cross-/self-attention action expert."""
