@@ -19,7 +19,12 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from reflex_ros.engine.gpu_timing import graph_us
-from reflex_ros.engine.model import additive_mask, fold_queries, small_query_attention, unfold_output
+from reflex_ros.policies.reference.model import (
+    additive_mask,
+    fold_queries,
+    small_query_attention,
+    unfold_output,
+)
 
 
 def case(name: str, lq: int, s_keys: int, n_pad: int) -> None:

@@ -1,6 +1,6 @@
 """Issue 6, the fused CUDA Graph path on the GPU, in one process:
 
-1. each Triton kernel against its torch twin (reflex_ros.engine.fused.FusedOps) at pi0 shapes,
+1. each Triton kernel against its torch twin (reflex_ros.engine.kernels.FusedOps) at pi0 shapes,
    bf16 and fp32 (relative max error);
 2. attention block-size sweep at pi0's two attention shapes, against the reference's
    attention (graph-captured x50, so the number includes the in-graph launch gap);
@@ -45,7 +45,7 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def check_kernels() -> None:
-    from reflex_ros.engine.fused import MASKED, FusedOps
+    from reflex_ros.engine.kernels import MASKED, FusedOps
 
     tri, ref = FusedOps("triton"), FusedOps("torch")
     dev = "cuda"
@@ -130,8 +130,8 @@ def check_kernels() -> None:
 
 
 def attention_case(label: str, R: int, n: int, configs: list[tuple[int, ...]], inline: bool = True) -> None:
-    from reflex_ros.engine.fused import MASKED, FusedOps
-    from reflex_ros.engine.model import mqa_attention, small_query_attention
+    from reflex_ros.engine.kernels import MASKED, FusedOps
+    from reflex_ros.policies.reference.model import mqa_attention, small_query_attention
 
     dev, dt = "cuda", torch.bfloat16
     torch.manual_seed(0)
@@ -249,9 +249,9 @@ def profile_replay(name: str, fn: Callable[[], None]) -> None:
 def latency_and_profile(iters: int, warmup: int) -> None:
     from reflex_ros.engine.bench import percentiles, run_bench
     from reflex_ros.engine.capture_cache import graph_key
-    from reflex_ros.engine.fused import FusedOps
-    from reflex_ros.engine.torch_runtime import TorchEngine
-    from reflex_ros.engine.weights import build_policy, clone_policy
+    from reflex_ros.engine.kernels import FusedOps
+    from reflex_ros.policies.reference import torch_engine as TorchEngine
+    from reflex_ros.policies.reference.weights import build_policy, clone_policy
 
     model = build_policy("pi0", device="cuda")
     bf = clone_policy(model, "bf16")

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from reflex_ros.engine.bench import format_compare, make_fixtures, run_compare
-from reflex_ros.engine.torch_runtime import TorchEngine
-from reflex_ros.engine.weights import build_policy, clone_policy
+from reflex_ros.policies.reference import torch_engine as TorchEngine
+from reflex_ros.policies.reference.weights import build_policy, clone_policy
 
 LINES: list[str] = []
 

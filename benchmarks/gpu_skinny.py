@@ -184,7 +184,7 @@ def main() -> int:
             if gated:
                 base = graph_us([lambda w=w, o=o, g=g: (torch.mm(x, w.t(), out=o), None)[1] for w, o, g in zip(ws, outs, outg)])
                 # mm + the existing gelu_mul kernel cost is what the fused kernel replaces
-                from reflex_ros.engine.fused import FusedOps
+                from reflex_ros.engine.kernels import FusedOps
                 ops = FusedOps("triton")
                 base2 = graph_us([lambda w=w, o=o: ops.gelu_mul(torch.mm(x, w.t(), out=o)) for w, o in zip(ws, outs)])
                 say(f"\n{name} M{M} K{K} N{N}x2: torch.mm {base:.1f}  mm+gelu_mul {base2:.1f}")

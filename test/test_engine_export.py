@@ -24,6 +24,7 @@ from reflex_ros.engine.bundle import (
 )
 from reflex_ros.engine.export import export_model, perturb_onnx_weights
 from reflex_ros.engine.export_cli import PERTURB_ENV
+from reflex_ros.engine.loader import load_engine
 from reflex_ros.engine.parity import STRICT_THRESHOLD, ParityCheckFailed
 from reflex_ros.engine.types import ExportError, ReflexError
 
@@ -52,10 +53,10 @@ def test_tiny_export_passes_strict_parity_for_both_graphs(tiny_export: Path) -> 
     config = json.loads((tiny_export / CONFIG_FILE).read_text())
     parity = config["parity"]
     assert parity["passed"] is True
-    assert set(parity["max_abs_diff_by_variant"]) == {"decomposed", "monolithic"}
-    for variant, max_abs in parity["max_abs_diff_by_variant"].items():
-        assert max_abs <= STRICT_THRESHOLD, f"{variant} parity {max_abs:.2e} > 1e-5"
-    assert parity["max_abs_diff_across_all"] == max(parity["max_abs_diff_by_variant"].values())
+    assert set(parity["max_abs_diff_by_layout"]) == {"decomposed", "monolithic"}
+    for layout, max_abs in parity["max_abs_diff_by_layout"].items():
+        assert max_abs <= STRICT_THRESHOLD, f"{layout} parity {max_abs:.2e} > 1e-5"
+    assert parity["max_abs_diff_across_all"] == max(parity["max_abs_diff_by_layout"].values())
 
 
 def test_reflex_config_has_reflex_keys_and_names_every_tensor(tiny_export: Path) -> None:
@@ -63,17 +64,23 @@ def test_reflex_config_has_reflex_keys_and_names_every_tensor(tiny_export: Path)
     assert config["export_kind"] == "decomposed"  # serving default with --mode both
     assert config["export_kinds"] == ["decomposed", "monolithic"]
     assert config["num_denoising_steps"] == 10
-    assert config["supported_nfe"] == [1, 2, 4, 8, 10]
-    for key in ("model_type", "chunk_size", "action_dim", "max_state_dim", "num_cameras", "image_size",
-                "max_lang_tokens", "opset", "reflex_ros_version"):
+    assert config["supported_nfe"] == list(range(1, 101))  # the decomposed graphs serve any NFE
+    assert config["model_type"] == "reflex_ros_flow_vla" and config["camera_names"] == ["camera0"]
+    for key in ("chunk_size", "action_dim", "action_width", "max_state_dim", "num_cameras", "image_size",
+                "max_lang_tokens", "opset", "reflex_ros_version", "format_version", "export_command"):
         assert key in config, key
     d = config["decomposed"]
+
+    def names(specs):
+        return [n for n, _, _ in specs]
+
     assert (d["prefix_file"], d["expert_file"]) == (PREFIX_FILE, EXPERT_FILE)
     assert d["kv_k_names"] == [f"past_k_{i}" for i in range(d["num_layers"])]
-    assert "past_v_0" in d["prefix_outputs"] and "past_v_0" in d["expert_inputs"]
-    assert d["expert_outputs"] == ["v_t"] and "prefix_pad_masks" in d["prefix_outputs"]
+    assert "past_v_0" in names(d["prefix_outputs"]) and "past_v_0" in names(d["expert_inputs"])
+    assert names(d["expert_outputs"]) == ["v_t"] and "prefix_pad_masks" in names(d["prefix_outputs"])
+    assert d["prefix_inputs"][0] == ["images", "uint8", ["batch", 1, 64, 64, 3]]
     assert config["monolithic"]["file"] == MONOLITHIC_FILE
-    assert config["monolithic"]["outputs"] == ["actions"]
+    assert config["monolithic"]["outputs"] == [["actions", "float32", [1, 50, 8]]]
     for name in (PREFIX_FILE, EXPERT_FILE, MONOLITHIC_FILE, config["policy"]["weights_file"],
                  config["policy"]["config_file"]):
         assert (tiny_export / name).is_file(), name
@@ -82,10 +89,10 @@ def test_reflex_config_has_reflex_keys_and_names_every_tensor(tiny_export: Path)
 
 def test_two_camera_export_records_its_geometry(tiny_export_2cam: Path) -> None:
     bundle = load_bundle(tiny_export_2cam)
-    assert bundle.num_cameras == 2
-    ins, _ = bundle.expected_signature("decomposed", "prefix")
+    assert bundle.config.num_cameras == 2 and bundle.config.camera_names == ("camera0", "camera1")
+    ins = bundle.signature("decomposed", "prefix").inputs
     assert dict((n, s) for n, _, s in ins)["images"][1] == 2
-    assert bundle.config["parity"]["max_abs_diff_across_all"] <= STRICT_THRESHOLD
+    assert bundle.config.parity["max_abs_diff_across_all"] <= STRICT_THRESHOLD
 
 
 def test_model_hash_is_stable_and_tracks_weights_not_onnx(tiny_export: Path, tmp_path: Path) -> None:
@@ -112,7 +119,7 @@ def test_validate_passes_and_writes_json(tiny_export: Path, tmp_path: Path, caps
     doc = json.loads(out.read_text())
     assert doc["passed"] is True and doc["threshold"] == STRICT_THRESHOLD
     assert doc["max_abs_diff_across_all"] <= STRICT_THRESHOLD
-    assert [(f["variant"], f["fixture_idx"]) for f in doc["fixtures"]] == [
+    assert [(f["layout"], f["fixture_idx"]) for f in doc["fixtures"]] == [
         ("decomposed", 0), ("decomposed", 1), ("monolithic", 0), ("monolithic", 1)
     ]
     assert doc["fixtures"][1]["cfg_beta"] == 2.0  # odd fixtures exercise CFG (batch 2)
@@ -129,7 +136,7 @@ def test_validate_tampered_export_exits_1(tiny_export: Path, tmp_path: Path, cap
     assert rc == 1
     doc = json.loads(out.read_text())
     assert doc["passed"] is False and doc["max_abs_diff_across_all"] > doc["threshold"]
-    assert doc["max_abs_diff_by_variant"]["monolithic"] <= doc["threshold"]  # only the expert was touched
+    assert doc["max_abs_diff_by_layout"]["monolithic"] <= doc["threshold"]  # only the expert was touched
     assert "FAIL" in capsys.readouterr().out
 
 
@@ -159,18 +166,38 @@ def test_export_refuses_when_onnx_disagrees_and_leaves_nothing(tmp_path: Path, m
     assert "FAIL" in captured.out and "nothing was written" in captured.err
 
 
-def test_failed_forced_export_keeps_the_previous_export(tmp_path: Path) -> None:
+def test_failed_forced_export_keeps_the_previous_export(tiny_export: Path, tmp_path: Path) -> None:
     """--force replaces DIR only after parity passes; a failed export must not destroy it."""
     out = tmp_path / "existing"
-    out.mkdir()
-    (out / "keep.txt").write_text("previous export")
+    shutil.copytree(tiny_export, out)
+    before = sorted(p.name for p in out.iterdir())
     with pytest.raises(ParityCheckFailed) as info:
         export_model(preset="tiny", output_dir=out, mode="monolithic", nfe=1, fixtures=1, force=True,
                      perturb_onnx=0.01, log=None)
     assert not info.value.report.passed
     assert info.value.report.max_abs_diff_across_all > info.value.report.threshold
-    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    assert sorted(p.name for p in out.iterdir()) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["existing"]
+
+
+def test_force_never_replaces_a_directory_that_is_not_an_export(tmp_path: Path, capsys) -> None:
+    """A LeRobot checkpoint (or anything else) must never be the target of --force."""
+    out = tmp_path / "checkpoint"
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+    rc = cli_main(["export", "--model", "tiny", "--output", str(out), "--force"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "holds no reflex_config.json" in err and len(err.splitlines()) == 1
+    assert [p.name for p in out.iterdir()] == ["config.json"]
+
+
+def test_export_into_an_existing_empty_directory(tmp_path: Path) -> None:
+    """An empty directory (a mount point, one the user made) is filled in place."""
+    out = tmp_path / "empty"
+    out.mkdir()
+    report = export_model(preset="tiny", output_dir=out, mode="decomposed", fixtures=1, log=None)
+    assert report.passed and (out / CONFIG_FILE).is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
 
 
 def test_export_into_non_empty_dir_without_force_is_an_error(tmp_path: Path, capsys) -> None:
@@ -185,8 +212,8 @@ def test_export_into_non_empty_dir_without_force_is_an_error(tmp_path: Path, cap
 
 
 def test_export_rejects_bad_arguments_naming_them(tmp_path: Path) -> None:
-    with pytest.raises(ReflexError, match="nfe=3"):
-        export_model(preset="tiny", output_dir=tmp_path / "a", nfe=3, log=None)
+    with pytest.raises(ReflexError, match="nfe=0"):
+        export_model(preset="tiny", output_dir=tmp_path / "a", nfe=0, log=None)
     with pytest.raises(ReflexError, match="unknown model preset 'huge'"):
         export_model(preset="huge", output_dir=tmp_path / "b", log=None)
     with pytest.raises(ReflexError, match="export mode 'split'"):
@@ -242,7 +269,8 @@ def test_corrupt_onnx_is_an_export_error(tiny_export: Path, tmp_path: Path, dama
 def test_config_that_does_not_match_the_onnx_names_the_tensor(tiny_export: Path, tmp_path: Path) -> None:
     copy = _copy(tiny_export, tmp_path)
     config = json.loads((copy / CONFIG_FILE).read_text())
-    config["decomposed"]["prefix_len"] += 1
+    assert config["decomposed"]["prefix_outputs"][0][0] == "past_k_0"
+    config["decomposed"]["prefix_outputs"][0][2][2] += 1
     (copy / CONFIG_FILE).write_text(json.dumps(config))
     with pytest.raises(ExportError, match=r"vlm_prefix.onnx output 'past_k_0' dim 2 is \d+, .*expects \d+"):
         load_bundle(copy)
@@ -251,7 +279,16 @@ def test_config_that_does_not_match_the_onnx_names_the_tensor(tiny_export: Path,
 def test_policy_config_disagreeing_with_reflex_config(tiny_export: Path, tmp_path: Path) -> None:
     copy = _copy(tiny_export, tmp_path)
     _edit_config(copy, action_dim=7)
+    with pytest.raises(ExportError, match="gives action_dim=8 but reflex_config.json has action_dim=7"):
+        load_bundle(copy).processor()
     with pytest.raises(ExportError, match="action_dim=8 but reflex_config.json has action_dim=7"):
+        load_engine(copy)
+
+
+def test_export_written_by_another_format_version_is_refused(tiny_export: Path, tmp_path: Path) -> None:
+    copy = _copy(tiny_export, tmp_path)
+    _edit_config(copy, format_version=1)
+    with pytest.raises(ExportError, match="format_version 1; this reflex_ros reads version 2.*--force"):
         load_bundle(copy)
 
 

@@ -31,7 +31,6 @@ from reflex_ros.engine.onnx_runtime import (
     resolve_provider,
     trt_profile_shapes,
 )
-from reflex_ros.engine.preprocess import prepare_inputs
 from reflex_ros.engine.sampler import sample_actions
 from reflex_ros.engine.types import (
     ChunkResult,
@@ -42,7 +41,8 @@ from reflex_ros.engine.types import (
     ProviderUnavailableError,
     ReflexError,
 )
-from reflex_ros.engine.weights import load_policy
+from reflex_ros.policies.reference.processor import prepare_inputs
+from reflex_ros.policies.reference.weights import load_policy
 
 STRICT = 1e-5
 
@@ -69,7 +69,7 @@ def decomposed(tiny_export: Path) -> OnnxEngine:
 
 @pytest.fixture(scope="module")
 def monolithic(tiny_export: Path) -> OnnxEngine:
-    engine = load_engine(tiny_export, variant="monolithic")
+    engine = load_engine(tiny_export, layout="monolithic")
     yield engine
     engine.close()
 
@@ -80,18 +80,9 @@ def torch_policy(tiny_export: Path):
 
 
 def _torch_actions(model, obs: Observation, noise: np.ndarray, nfe: int, cfg_beta: float | None) -> np.ndarray:
-    inputs = prepare_inputs(obs, model.cfg, cfg_beta)
+    inputs = {k: torch.from_numpy(v) for k, v in prepare_inputs(obs, model.cfg, cfg_beta).items()}
     with torch.inference_mode():
-        out = sample_actions(
-            model,
-            torch.from_numpy(inputs["images"]),
-            torch.from_numpy(inputs["lang_tokens"]),
-            torch.from_numpy(inputs["lang_mask"]),
-            torch.from_numpy(inputs["state"]),
-            torch.from_numpy(noise[None]),
-            nfe,
-            cfg_beta=cfg_beta,
-        )
+        out = sample_actions(model, inputs, torch.from_numpy(noise[None]), nfe, cfg_beta)
     return out[0].numpy()
 
 
@@ -134,7 +125,7 @@ def test_returned_chunk_is_not_overwritten_by_the_next_call(monolithic) -> None:
 def test_monolithic_serves_only_its_nfe_and_no_cfg(monolithic) -> None:
     assert monolithic.info.supported_nfe == (10,)
     obs = _obs(monolithic)
-    with pytest.raises(ReflexError, match="only its unrolled nfe=10, got nfe=4.*variant='decomposed'"):
+    with pytest.raises(ReflexError, match="only its unrolled nfe=10, got nfe=4.*layout='decomposed'"):
         monolithic.infer(obs, nfe=4)
     with pytest.raises(ReflexError, match="monolithic graph has no CFG"):
         monolithic.infer(obs, cfg_beta=1.5)
@@ -170,11 +161,12 @@ def test_chunk_result_and_info(decomposed, tiny_export: Path) -> None:
     assert isinstance(decomposed, Engine)
     info = decomposed.info
     assert (info.engine, info.provider, info.dtype) == ("onnx", CPU, "fp32")
-    assert info.supported_nfe == (1, 2, 4, 8, 10)
+    assert info.supported_nfe == tuple(range(1, 101))
+    assert info.camera_names == ("camera0",) and info.model_type == "reflex_ros_flow_vla"
     config = json.loads((tiny_export / CONFIG_FILE).read_text())
     assert (info.chunk_size, info.action_dim, info.image_size) == (
         config["chunk_size"], config["action_dim"], config["image_size"])
-    assert info.extra["variant"] == "decomposed"
+    assert info.extra["layout"] == "decomposed"
     res = decomposed.infer(_obs(decomposed))
     assert isinstance(res, ChunkResult)
     assert res.actions.dtype == np.float32 and np.all(np.isfinite(res.actions))
@@ -214,8 +206,34 @@ def test_two_camera_export_serves_two_images(tiny_export_2cam: Path) -> None:
         obs.images = obs.images[:1]
         with pytest.raises(ObservationError, match="has 1 image.*expects 2"):
             engine.infer(obs)
+        # by name: the same images as a mapping give the same chunk; a missing or unknown
+        # camera is an error (the reference family has no missing-camera semantics)
+        obs = _obs(engine)
+        noise = _noise(engine)
+        by_name = Observation(dict(zip(engine.info.camera_names, obs.images, strict=True)), obs.state, obs.instruction)
+        assert np.array_equal(engine.infer(obs, noise=noise).actions, engine.infer(by_name, noise=noise).actions)
+        with pytest.raises(ObservationError, match=r"lacks camera\(s\) \['camera1'\]"):
+            engine.infer(Observation({"camera0": obs.images[0]}, obs.state, "x"))
+        with pytest.raises(ObservationError, match=r"unknown camera\(s\) \['top'\]"):
+            engine.infer(Observation({**by_name.images, "top": obs.images[0]}, obs.state, "x"))
     finally:
         engine.close()
+
+
+def test_cameras_at_any_size_are_resized_by_the_processor(decomposed) -> None:
+    """Cameras arrive at their own resolution; the reference processor stretches them to the
+    model's square input (bilinear), so a 2x frame gives the chunk its downscaled copy gives."""
+    from reflex_ros.policies.imaging import resize_rgb
+
+    size = decomposed.info.image_size
+    big = np.random.default_rng(3).integers(0, 256, size=(2 * size, 3 * size, 3), dtype=np.uint8)
+    state = np.zeros(4, np.float32)
+    noise = _noise(decomposed)
+    a = decomposed.infer(Observation([big], state, "x"), noise=noise).actions
+    b = decomposed.infer(Observation([resize_rgb(big, size)], state, "x"), noise=noise).actions
+    assert np.array_equal(a, b)
+    c = decomposed.infer(Observation([big[:size, :size]], state, "x"), noise=noise).actions
+    assert not np.array_equal(a, c)
 
 
 # --------------------------------------------------------------------------- bad requests
@@ -225,8 +243,8 @@ def test_bad_observations_are_observation_errors(decomposed) -> None:
     size = decomposed.info.image_size
     good = _obs(decomposed)
     cases = [
-        (Observation([np.zeros((size + 1, size, 3), np.uint8)], good.state, "x"), r"images\[0\] has shape"),
-        (Observation([np.zeros((size, size, 3), np.float32)], good.state, "x"), r"images\[0\] has dtype float32"),
+        (Observation([np.zeros((size, size), np.uint8)], good.state, "x"), r"images\['camera0'\] has shape"),
+        (Observation([np.zeros((size, size, 3), np.float32)], good.state, "x"), r"images\['camera0'\] has dtype float32"),
         (Observation([], good.state, "x"), "has 0 image"),
         (Observation(good.images, np.array([0.1, np.nan], np.float32), "x"), r"state\[1\] is nan"),
         (Observation(good.images, np.zeros(decomposed.info.max_state_dim + 1, np.float32), "x"),
@@ -242,8 +260,8 @@ def test_bad_observations_are_observation_errors(decomposed) -> None:
 
 def test_bad_nfe_and_cfg_are_clear_errors(decomposed) -> None:
     obs = _obs(decomposed)
-    with pytest.raises(ReflexError, match=r"nfe=3 is not supported; choose one of \[1, 2, 4, 8, 10\]"):
-        decomposed.infer(obs, nfe=3)
+    with pytest.raises(ReflexError, match=r"nfe=0 is not supported; choose one of 1\.\.100"):
+        decomposed.infer(obs, nfe=0)
     with pytest.raises(ReflexError, match="cfg_beta must be >= 1.0"):
         decomposed.infer(obs, cfg_beta=0.5)
 
@@ -269,9 +287,9 @@ def test_loader_errors_name_the_thing(tiny_export: Path, tmp_path: Path) -> None
     del config["monolithic"]
     (copy / CONFIG_FILE).write_text(json.dumps(config))
     (copy / MONOLITHIC_FILE).unlink()
-    assert load_engine(copy).info.extra["variant"] == "decomposed"
-    with pytest.raises(ExportError, match="variant 'monolithic' is not in .*present: decomposed"):
-        load_engine(copy, variant="monolithic")
+    assert load_engine(copy).info.extra["layout"] == "decomposed"
+    with pytest.raises(ExportError, match="layout 'monolithic' is not in .*present: decomposed"):
+        load_engine(copy, layout="monolithic")
 
 
 def test_graph_that_onnxruntime_rejects_is_an_export_error(tiny_export: Path, tmp_path: Path) -> None:
@@ -285,7 +303,7 @@ def test_graph_that_onnxruntime_rejects_is_an_export_error(tiny_export: Path, tm
     del model.graph.initializer[0]
     onnx.save(model, str(copy / MONOLITHIC_FILE))
     with pytest.raises(ExportError, match=f"onnxruntime could not load .*{MONOLITHIC_FILE}.*reflex-ros export"):
-        load_engine(copy, variant="monolithic")
+        load_engine(copy, layout="monolithic")
 
 
 # --------------------------------------------------------------------------- providers

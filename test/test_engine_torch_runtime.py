@@ -12,9 +12,8 @@ import torch
 
 from reflex_ros.cli import main as cli_main
 from reflex_ros.engine.capture_cache import CaptureCache, GraphKey, graph_key
-from reflex_ros.engine.preprocess import make_noise, prepare_inputs
 from reflex_ros.engine.sampler import sample_actions
-from reflex_ros.engine.torch_runtime import TorchEngine
+from reflex_ros.engine.schedule import make_noise
 from reflex_ros.engine.types import (
     ChunkResult,
     Engine,
@@ -23,7 +22,9 @@ from reflex_ros.engine.types import (
     ProviderUnavailableError,
     ReflexError,
 )
-from reflex_ros.engine.weights import build_policy
+from reflex_ros.policies.reference import torch_engine as TorchEngine
+from reflex_ros.policies.reference.processor import prepare_inputs
+from reflex_ros.policies.reference.weights import build_policy
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="CUDA GPU not available (CUDA Graph path runs on the GPU only)")
@@ -60,9 +61,8 @@ def test_eager_infer_matches_sampler(engine: TorchEngine) -> None:
     assert all(v >= 0 for v in res.timings_ms.values())
     assert res.timings_ms["total"] >= res.timings_ms["prefix"] + res.timings_ms["denoise"]
     assert (res.nfe, res.stamp_ns, res.cfg_beta) == (4, 123, None)
-    arr = {k: torch.from_numpy(v) for k, v in prepare_inputs(obs, engine.cfg).items()}
-    ref = sample_actions(engine.model, arr["images"], arr["lang_tokens"], arr["lang_mask"], arr["state"],
-                         torch.from_numpy(noise[None]), nfe=4)
+    arr = {k: torch.from_numpy(v) for k, v in prepare_inputs(obs, engine.model.cfg).items()}
+    ref = sample_actions(engine.model, arr, torch.from_numpy(noise[None]), nfe=4)
     np.testing.assert_array_equal(res.actions, ref[0].numpy())
     # same noise -> same chunk; no noise -> fresh samples
     assert np.array_equal(engine.infer(obs, nfe=4, noise=noise).actions, res.actions)
@@ -77,8 +77,8 @@ def test_infer_cfg_and_validation(engine: TorchEngine) -> None:
     assert not np.allclose(res.actions, engine.infer(obs, nfe=2, noise=noise).actions, atol=1e-4)
     with pytest.raises(ValueError, match="cfg_beta must be >= 1.0"):
         engine.infer(obs, cfg_beta=0.5)
-    with pytest.raises(ValueError, match="nfe=3 is not supported"):
-        engine.infer(obs, nfe=3)
+    with pytest.raises(ValueError, match="nfe=0 is not supported"):
+        engine.infer(obs, nfe=0)
     obs.state[0] = np.nan
     with pytest.raises(ObservationError, match=r"state\[0\]"):
         engine.infer(obs)
@@ -163,15 +163,14 @@ def test_graph_runners_match_reference(engine: TorchEngine, nfe: int, beta: floa
     """The exact stage functions the engine captures (fused and reference) reproduce
     sample_actions on the CPU, CFG included (shared-image staging)."""
     assert engine.fused is not None and engine.fused.backend == "torch"
-    cfg = engine.cfg
+    cfg = engine.model.cfg
     obs = make_obs(engine.info, seed=nfe)
     arrays = prepare_inputs(obs, cfg, beta)
     arrays["noise"] = make_noise(nfe, cfg.chunk_size, cfg.action_dim)
     t = {k: torch.from_numpy(v) for k, v in arrays.items()}
     key = graph_key(nfe, cfg.chunk_size, beta)
     with torch.inference_mode():
-        ref = sample_actions(engine.model, t["images"], t["lang_tokens"], t["lang_mask"], t["state"],
-                             t["noise"], nfe, beta)
+        ref = sample_actions(engine.model, t, t["noise"], nfe, beta)
         fused = engine.build_runner(key)
         assert fused.fused is not None
         assert fused.inputs["images"].shape[0] == 1 and fused.inputs["lang_tokens"].shape[0] == key.batch
@@ -189,9 +188,10 @@ def test_graph_runners_match_reference(engine: TorchEngine, nfe: int, beta: floa
 def test_fused_kv_buffer_layout(engine: TorchEngine) -> None:
     """Prefix rows hold the reference's post-RoPE K/V, pad rows stay zero, the key bias masks
     padded language tokens and pad rows, and a denoising step writes only the action rows."""
-    from reflex_ros.engine.fused import MASKED, padded_keys
+    from reflex_ros.engine.kernels import MASKED
+    from reflex_ros.policies.reference.fused import padded_keys
 
-    cfg, fp = engine.cfg, engine.fused
+    cfg, fp = engine.model.cfg, engine.fused
     obs = make_obs(engine.info)
     obs.instruction = "go"  # short: most language slots are padding
     arrays = prepare_inputs(obs, cfg)
@@ -199,9 +199,10 @@ def test_fused_kv_buffer_layout(engine: TorchEngine) -> None:
     P, C, S = cfg.prefix_len, cfg.chunk_size, padded_keys(cfg)
     assert S % 16 == 0 and S >= P + C
     with torch.inference_mode():
-        pk, pv, mask = engine.model.prefix(t["images"], t["lang_tokens"], t["lang_mask"], t["state"])
+        kv, mask = engine.model.prefix(**t)
+        pk, pv = torch.stack(kv[0::2]), torch.stack(kv[1::2])
         buf = fp.allocate(batch=1, nfe=2)
-        fp.prefix(buf, t["images"], t["lang_tokens"], t["lang_mask"], t["state"])
+        fp.prefix(buf, **t)
         torch.testing.assert_close(buf.k[:, :, :P], pk[:, :, 0], rtol=0, atol=1e-6)
         torch.testing.assert_close(buf.v[:, :, :P], pv[:, :, 0], rtol=0, atol=1e-6)
         assert not buf.k[:, :, P:].any() and not buf.v[:, :, P:].any()
@@ -217,8 +218,13 @@ def test_fused_kv_buffer_layout(engine: TorchEngine) -> None:
 
 def test_fused_ops_torch_twins_match_model_ops() -> None:
     """FusedOps (torch backend) == the model's own RoPE and small-query attention."""
-    from reflex_ros.engine.fused import MASKED, FusedOps
-    from reflex_ros.engine.model import additive_mask, apply_rope, rope_tables, small_query_attention
+    from reflex_ros.engine.kernels import MASKED, FusedOps
+    from reflex_ros.policies.reference.model import (
+        additive_mask,
+        apply_rope,
+        rope_tables,
+        small_query_attention,
+    )
 
     g = torch.Generator().manual_seed(0)
     ops = FusedOps("torch")
@@ -247,7 +253,7 @@ def test_fused_ops_torch_twins_match_model_ops() -> None:
 def test_fused_path_selection() -> None:
     gqa = build_policy("tiny", num_kv_heads=2)
     assert TorchEngine(gqa).fused is None  # not covered: graphs run the reference
-    with pytest.raises(ValueError, match="fused=True needs num_kv_heads == 1"):
+    with pytest.raises(ValueError, match="fused=True but this model has no fast path"):
         TorchEngine(gqa, fused=True)
     assert TorchEngine(build_policy("tiny"), fused=False).fused is None
 
@@ -256,7 +262,7 @@ def test_fused_path_selection() -> None:
                     reason="Triton kernels need a CUDA GPU (or TRITON_INTERPRET=1)")
 def test_triton_kernels_match_torch_twins() -> None:
     pytest.importorskip("triton")
-    from reflex_ros.engine.fused import MASKED, FusedOps
+    from reflex_ros.engine.kernels import MASKED, FusedOps
 
     dev = "cuda" if CUDA else "cpu"
     g = torch.Generator(device=dev).manual_seed(0)

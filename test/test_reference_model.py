@@ -1,4 +1,4 @@
-"""Reference policy, tokenizer, schedule, preprocessing and weights: real torch, tiny preset."""
+"""Reference family: model, tokenizer, schedule, processor and weights; real torch, tiny preset."""
 
 from __future__ import annotations
 
@@ -8,15 +8,23 @@ import numpy as np
 import pytest
 import torch
 
-from reflex_ros.engine.config import PRESETS, PolicyConfig, get_preset
 from reflex_ros.engine.floor import prefix_flops, weight_bytes_per_chunk
-from reflex_ros.engine.model import FlowPolicy
-from reflex_ros.engine.preprocess import make_noise, prepare_inputs, validate_noise
 from reflex_ros.engine.sampler import MonolithicPolicy, sample_actions
-from reflex_ros.engine.schedule import cfg_combine, check_cfg_beta, check_nfe, euler_schedule
-from reflex_ros.engine.tokenizer import ADVANTAGE_SUFFIX, cfg_prompts, detokenize, tokenize
+from reflex_ros.engine.schedule import (
+    cfg_combine,
+    check_cfg_beta,
+    check_nfe,
+    euler_loop,
+    euler_schedule,
+    make_noise,
+    validate_noise,
+)
 from reflex_ros.engine.types import ExportError, Observation, ObservationError
-from reflex_ros.engine.weights import (
+from reflex_ros.policies.reference.config import PRESETS, PolicyConfig, get_preset
+from reflex_ros.policies.reference.model import FlowPolicy
+from reflex_ros.policies.reference.processor import prepare_inputs
+from reflex_ros.policies.reference.tokenizer import ADVANTAGE_SUFFIX, cfg_prompts, detokenize, tokenize
+from reflex_ros.policies.reference.weights import (
     CONFIG_FILE,
     WEIGHTS_FILE,
     build_policy,
@@ -43,12 +51,17 @@ def make_obs(cfg: PolicyConfig, seed: int = 0, state_dim: int = 6, instruction: 
 
 def tensors(obs: Observation, cfg: PolicyConfig, beta: float | None = None) -> dict[str, torch.Tensor]:
     arr = prepare_inputs(obs, cfg, beta)
-    return {
-        "images_u8": torch.from_numpy(arr["images"]),
-        "lang_tokens": torch.from_numpy(arr["lang_tokens"]),
-        "lang_mask": torch.from_numpy(arr["lang_mask"]),
-        "state": torch.from_numpy(arr["state"]),
-    }
+    return {k: torch.from_numpy(v) for k, v in arr.items()}
+
+
+def sample(model: FlowPolicy, t: dict[str, torch.Tensor], noise: torch.Tensor, nfe: int,
+           cfg_beta: float | None = None) -> torch.Tensor:
+    return sample_actions(model, t, noise, nfe, cfg_beta)
+
+
+def sample_kw(model: FlowPolicy, *, noise: torch.Tensor, nfe: int, cfg_beta: float | None = None,
+              **inputs: torch.Tensor) -> torch.Tensor:
+    return sample_actions(model, inputs, noise, nfe, cfg_beta)
 
 
 def noise_t(cfg: PolicyConfig, seed: int = 0) -> torch.Tensor:
@@ -104,12 +117,35 @@ def test_tokenizer_roundtrip_and_clean_truncation() -> None:
     assert detokenize(tokenize(cond, 48)[0]).endswith("Advantage: positive")
 
 
+def test_one_euler_loop_for_numpy_and_torch() -> None:
+    """The same loop integrates numpy arrays (ONNX engine) and torch tensors (torch engine),
+    with and without CFG, to the same result: x_N = x_0 + sum(dt * v_i)."""
+    x0 = np.random.default_rng(0).standard_normal((1, 5, 3)).astype(np.float32)
+    calls: list[float] = []
+
+    def v_np(x, t_i):
+        calls.append(t_i)
+        return np.concatenate([x * t_i, x * 0.5 + t_i]).astype(np.float32)  # [cond, uncond]
+
+    def v_t(x, t_i):
+        return torch.cat([x * t_i, x * 0.5 + t_i])
+
+    a = euler_loop(v_np, x0, 4, 1.5)
+    b = euler_loop(v_t, torch.from_numpy(x0), 4, 1.5).numpy()
+    assert calls == [1.0, 0.75, 0.5, 0.25]
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    plain = euler_loop(lambda x, t: x * t, x0, 2)  # x + (-0.5) * x * 1.0, then * (1 - 0.5 * 0.5)
+    np.testing.assert_allclose(plain, x0 * 0.5 * 0.75, rtol=1e-6)
+
+
 def test_schedule_and_checks() -> None:
     sched = euler_schedule(4)
     assert sched == [(1.0, -0.25), (0.75, -0.25), (0.5, -0.25), (0.25, -0.25)]
     assert sum(dt for _, dt in euler_schedule(10)) == pytest.approx(-1.0)
     with pytest.raises(ValueError, match=r"\[1, 2, 4, 8, 10\]"):
         check_nfe(3)
+    with pytest.raises(ValueError, match=r"choose one of 1\.\.100"):
+        check_nfe(101, range(1, 101))
     assert check_cfg_beta(None) is None and check_cfg_beta(1.0) == 1.0
     with pytest.raises(ValueError, match="cfg_beta must be >= 1.0"):
         check_cfg_beta(0.5)
@@ -138,10 +174,11 @@ def test_prepare_inputs_shapes_and_cfg_batch() -> None:
     "mutate, match",
     [
         (lambda o: o.images.pop(), r"has 0 image\(s\); the model expects 1"),
-        (lambda o: o.images.__setitem__(0, np.zeros((32, 32, 3), np.uint8)), r"images\[0\] has shape \(32, 32, 3\); expected \(64, 64, 3\)"),
-        (lambda o: o.images.__setitem__(0, np.zeros((64, 64, 3), np.float32)), r"images\[0\] has dtype float32; expected uint8"),
+        (lambda o: o.images.__setitem__(0, np.zeros((32, 32), np.uint8)), r"images\['camera0'\] has shape \(32, 32\); expected uint8 RGB"),
+        (lambda o: o.images.__setitem__(0, np.zeros((64, 64, 3), np.float32)), r"images\['camera0'\] has dtype float32; expected uint8"),
         (lambda o: setattr(o, "state", np.zeros(9, np.float32)), r"9 values; .*max_state_dim=8"),
         (lambda o: o.state.__setitem__(3, np.nan), r"state\[3\] is nan"),
+        (lambda o: setattr(o, "state", np.array([0.0, 1e300], np.float64)), r"state\[1\] is 1e\+300, which does not fit in float32"),
         (lambda o: setattr(o, "state", np.zeros(4, np.int64)), r"dtype int64; expected float32"),
     ],
 )
@@ -171,18 +208,20 @@ def test_noise_validation() -> None:
 def test_shapes(model: FlowPolicy) -> None:
     cfg = model.cfg
     t = tensors(make_obs(cfg), cfg, 1.5)
-    pk, pv, pm = model.prefix(t["images_u8"], t["lang_tokens"], t["lang_mask"], t["state"])
-    assert pk.shape == pv.shape == (cfg.depth, 2, cfg.num_kv_heads, cfg.prefix_len, cfg.head_dim)
+    kv, pm = model.prefix(**t)
+    assert len(kv) == 2 * cfg.depth
+    assert all(x.shape == (2, cfg.num_kv_heads, cfg.prefix_len, cfg.head_dim) for x in kv)
+    assert [tuple(x.shape) for x in kv] == model.kv_shapes(2)
     assert pm.shape == (2, cfg.prefix_len) and pm.dtype == torch.bool
-    v = model.velocity(torch.zeros(2, cfg.chunk_size, cfg.action_dim), torch.ones(2), pk, pv, pm)
+    v = model.velocity(torch.zeros(2, cfg.chunk_size, cfg.action_dim), torch.ones(2), kv, pm)
     assert v.shape == (2, cfg.chunk_size, cfg.action_dim) and torch.isfinite(v).all()
 
 
 def test_deterministic_and_seeded(model: FlowPolicy) -> None:
     cfg = model.cfg
     t = tensors(make_obs(cfg), cfg)
-    a = sample_actions(model, **t, noise=noise_t(cfg), nfe=10)
-    b = sample_actions(model, **t, noise=noise_t(cfg), nfe=10)
+    a = sample(model, t, noise_t(cfg), 10)
+    b = sample(model, t, noise_t(cfg), 10)
     assert torch.equal(a, b) and a.shape == (1, cfg.chunk_size, cfg.action_dim)
     same = build_policy("tiny")
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), same.parameters(), strict=True))
@@ -197,9 +236,9 @@ def test_kv_reuse_equals_recomputation(model: FlowPolicy) -> None:
     nfe = 4
     x = noise_t(cfg, 1)
     for t_i, dt in euler_schedule(nfe):
-        pk, pv, pm = model.prefix(t["images_u8"], t["lang_tokens"], t["lang_mask"], t["state"])
-        x = x + dt * model.velocity(x, torch.full((1,), t_i), pk, pv, pm)
-    reused = sample_actions(model, **t, noise=noise_t(cfg, 1), nfe=nfe)
+        kv, pm = model.prefix(**t)
+        x = x + dt * model.velocity(x, torch.full((1,), t_i), kv, pm)
+    reused = sample_kw(model, **t, noise=noise_t(cfg, 1), nfe=nfe)
     torch.testing.assert_close(reused, x, rtol=0, atol=1e-6)
 
 
@@ -207,20 +246,20 @@ def test_padding_is_masked(model: FlowPolicy) -> None:
     """Token ids under lang_mask=False must not change the actions."""
     cfg = model.cfg
     t = tensors(make_obs(cfg), cfg)
-    base = sample_actions(model, **t, noise=noise_t(cfg), nfe=2)
+    base = sample(model, t, noise_t(cfg), 2)
     t2 = dict(t)
     toks = t["lang_tokens"].clone()
-    toks[~t["lang_mask"]] = 200
+    toks[~t["lang_masks"]] = 200
     t2["lang_tokens"] = toks
-    torch.testing.assert_close(sample_actions(model, **t2, noise=noise_t(cfg), nfe=2), base, rtol=0, atol=1e-6)
+    torch.testing.assert_close(sample(model, t2, noise_t(cfg), 2), base, rtol=0, atol=1e-6)
     toks[0, 3] = 200  # a valid token: must matter
-    assert not torch.allclose(sample_actions(model, **t2, noise=noise_t(cfg), nfe=2), base, atol=1e-4)
+    assert not torch.allclose(sample(model, t2, noise_t(cfg), 2), base, atol=1e-4)
 
 
 def test_nfe_choices_differ_and_are_finite(model: FlowPolicy) -> None:
     cfg = model.cfg
     t = tensors(make_obs(cfg), cfg)
-    outs = [sample_actions(model, **t, noise=noise_t(cfg), nfe=n) for n in (1, 2, 4, 8, 10)]
+    outs = [sample(model, t, noise_t(cfg), n) for n in (1, 2, 4, 8, 10)]
     for o in outs:
         assert torch.isfinite(o).all()
     for i in range(len(outs) - 1):
@@ -230,16 +269,16 @@ def test_nfe_choices_differ_and_are_finite(model: FlowPolicy) -> None:
 def test_cfg_beta_one_equals_cond_only(model: FlowPolicy) -> None:
     cfg = model.cfg
     obs = make_obs(cfg)
-    guided = sample_actions(model, **tensors(obs, cfg, 1.0), noise=noise_t(cfg), nfe=4, cfg_beta=1.0)
+    guided = sample_kw(model, **tensors(obs, cfg, 1.0), noise=noise_t(cfg), nfe=4, cfg_beta=1.0)
     cond_obs = make_obs(cfg, instruction=cfg_prompts(obs.instruction, cfg.max_lang_tokens)[0])
-    cond = sample_actions(model, **tensors(cond_obs, cfg), noise=noise_t(cfg), nfe=4)
+    cond = sample_kw(model, **tensors(cond_obs, cfg), noise=noise_t(cfg), nfe=4)
     torch.testing.assert_close(guided, cond, rtol=0, atol=1e-5)
-    strong = sample_actions(model, **tensors(obs, cfg, 2.0), noise=noise_t(cfg), nfe=4, cfg_beta=2.0)
+    strong = sample_kw(model, **tensors(obs, cfg, 2.0), noise=noise_t(cfg), nfe=4, cfg_beta=2.0)
     assert not torch.allclose(strong, cond, atol=1e-4)
     with pytest.raises(ValueError, match="cfg_beta must be >= 1.0"):
-        sample_actions(model, **tensors(obs, cfg, 1.0), noise=noise_t(cfg), nfe=4, cfg_beta=0.9)
+        sample_kw(model, **tensors(obs, cfg, 1.0), noise=noise_t(cfg), nfe=4, cfg_beta=0.9)
     with pytest.raises(ValueError, match="batch 1; expected 2"):
-        sample_actions(model, **tensors(obs, cfg), noise=noise_t(cfg), nfe=4, cfg_beta=1.5)
+        sample_kw(model, **tensors(obs, cfg), noise=noise_t(cfg), nfe=4, cfg_beta=1.5)
 
 
 def test_batch2_slot_symmetry(model: FlowPolicy) -> None:
@@ -247,21 +286,21 @@ def test_batch2_slot_symmetry(model: FlowPolicy) -> None:
     cfg = model.cfg
     t = tensors(make_obs(cfg), cfg)
     both = {k: torch.cat([v, v]) for k, v in t.items()}
-    pk, pv, pm = model.prefix(both["images_u8"], both["lang_tokens"], both["lang_mask"], both["state"])
-    v = model.velocity(noise_t(cfg).expand(2, -1, -1), torch.full((2,), 0.7), pk, pv, pm)
+    kv, pm = model.prefix(**both)
+    v = model.velocity(noise_t(cfg).expand(2, -1, -1), torch.full((2,), 0.7), kv, pm)
     # bitwise on most BLAS builds; a CPU BLAS may block batch rows differently (seen on a Xeon)
     torch.testing.assert_close(v[0], v[1], rtol=0, atol=1e-5)  # 1.0e-6 seen; slot mixing gives O(1)
-    guided = sample_actions(model, **both, noise=noise_t(cfg), nfe=4, cfg_beta=2.5)
-    plain = sample_actions(model, **t, noise=noise_t(cfg), nfe=4)
+    guided = sample(model, both, noise_t(cfg), 4, 2.5)
+    plain = sample(model, t, noise_t(cfg), 4)
     torch.testing.assert_close(guided, plain, rtol=0, atol=1e-4)
 
 
 def test_monolithic_equals_sampler(model: FlowPolicy) -> None:
     cfg = model.cfg
     t = tensors(make_obs(cfg), cfg)
-    mono = MonolithicPolicy(model, nfe=8)
-    out = mono(t["images_u8"], t["lang_tokens"], t["lang_mask"], t["state"], noise_t(cfg))
-    assert torch.equal(out, sample_actions(model, **t, noise=noise_t(cfg), nfe=8))
+    mono = MonolithicPolicy(model, nfe=8, input_names=model.prefix_input_names)
+    out = mono(*(t[n] for n in model.prefix_input_names), noise_t(cfg))
+    assert torch.equal(out, sample(model, t, noise_t(cfg), 8))
 
 
 def test_deep_init_is_well_scaled() -> None:
@@ -270,9 +309,9 @@ def test_deep_init_is_well_scaled() -> None:
                      head_dim=16, mlp_dim=128, expert_width=32, expert_mlp_dim=64, vocab_size=300)
     m = build_policy(cfg)
     t = tensors(make_obs(cfg, state_dim=10), cfg)
-    a32 = sample_actions(m, **t, noise=noise_t(cfg), nfe=10)
+    a32 = sample(m, t, noise_t(cfg), 10)
     assert torch.isfinite(a32).all() and 0.2 < a32.std().item() < 5.0
-    a16 = sample_actions(clone_policy(m, "bf16"), **t, noise=noise_t(cfg), nfe=10)
+    a16 = sample_kw(clone_policy(m, "bf16"), **t, noise=noise_t(cfg), nfe=10)
     cos = torch.nn.functional.cosine_similarity(a32.flatten(), a16.flatten(), dim=0).item()
     assert cos > 0.999
 
@@ -287,8 +326,8 @@ def test_save_load_roundtrip(model: FlowPolicy, tmp_path) -> None:
     loaded = load_policy(tmp_path)
     assert loaded.cfg == cfg
     t = tensors(make_obs(cfg), cfg)
-    assert torch.equal(sample_actions(loaded, **t, noise=noise_t(cfg), nfe=4),
-                       sample_actions(model, **t, noise=noise_t(cfg), nfe=4))
+    assert torch.equal(sample(loaded, t, noise_t(cfg), 4),
+                       sample(model, t, noise_t(cfg), 4))
     assert load_policy(tmp_path, dtype="bf16").dtype == torch.bfloat16
 
 
@@ -316,7 +355,7 @@ def test_load_errors(model: FlowPolicy, tmp_path) -> None:
 def test_attention_paths_agree(kvh: int) -> None:
     """SDPA path, small-query GEMM path and a naive repeated-KV reference give the same result,
     for MQA (copy-free folding) and GQA (permute folding)."""
-    from reflex_ros.engine.model import additive_mask, mqa_attention, small_query_attention
+    from reflex_ros.policies.reference.model import additive_mask, mqa_attention, small_query_attention
 
     g = torch.Generator().manual_seed(0)
     B, Lq, H, S, d = 2, 5, 4, 9, 8
@@ -339,7 +378,7 @@ def test_gqa_config_runs() -> None:
     m = build_policy("tiny", num_kv_heads=2)
     cfg = m.cfg
     t = tensors(make_obs(cfg), cfg)
-    pk, _, _ = m.prefix(t["images_u8"], t["lang_tokens"], t["lang_mask"], t["state"])
-    assert pk.shape[2] == 2
-    a = sample_actions(m, **t, noise=noise_t(cfg), nfe=2)
+    kv, _ = m.prefix(**t)
+    assert kv[0].shape[1] == 2
+    a = sample(m, t, noise_t(cfg), 2)
     assert a.shape == (1, cfg.chunk_size, cfg.action_dim) and torch.isfinite(a).all()
