@@ -1,0 +1,45 @@
+"""Attention with LeRobot's boolean 2-D masks (``make_att_2d_masks`` semantics).
+
+Every LeRobot family describes attention with two per-token vectors: ``pad`` (a real token)
+and ``ar`` (1 starts a new causal block). Token ``i`` sees token ``j`` iff both are real and
+``cumsum(ar)[j] <= cumsum(ar)[i]``. Masked scores are replaced by a huge negative number
+before a float32 softmax, which is what both LeRobot code paths amount to (pi0's additive
+-2.38e38 and SmolVLA's ``where(mask, w, finfo.min)``) for any row with a visible key.
+"""
+
+from __future__ import annotations
+
+import torch
+
+#: the score given to masked pairs (openpi's constant; exp underflows to exactly 0)
+MASKED_SCORE = -2.3819763e38
+
+
+def make_att_2d_masks(pad_masks: torch.Tensor, ar_masks: torch.Tensor) -> torch.Tensor:
+    """``[B, N, N]`` bool: row = query, column = key (big_vision's prefix-LM rule).
+
+    The cumulative sum runs on int64: ONNX has no boolean CumSum."""
+    cumsum = torch.cumsum(ar_masks.to(torch.int64), dim=1)
+    causal = cumsum[:, None, :] <= cumsum[:, :, None]
+    pad = pad_masks[:, None, :] & pad_masks[:, :, None]
+    return causal & pad
+
+
+def attend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scaling: float
+) -> torch.Tensor:
+    """Eager attention, grouped-query aware.
+
+    q ``[B, H, S, D]``, k/v ``[B, KVH, T, D]`` (query head ``h`` reads KV head
+    ``h // (H / KVH)``), mask bool ``[B, S, T]``. Returns ``[B, S, H * D]``."""
+    b, heads, s, d = q.shape
+    kv_heads, t = k.shape[1], k.shape[2]
+    if heads != kv_heads:
+        rep = heads // kv_heads
+        k = k[:, :, None].expand(b, kv_heads, rep, t, d).reshape(b, heads, t, d)
+        v = v[:, :, None].expand(b, kv_heads, rep, t, d).reshape(b, heads, t, d)
+    scores = torch.matmul(q, k.transpose(2, 3)) * scaling
+    scores = torch.where(mask[:, None], scores, torch.full_like(scores, MASKED_SCORE))
+    probs = torch.softmax(scores.to(torch.float32), dim=-1).to(v.dtype)
+    out = torch.matmul(probs, v)
+    return out.transpose(1, 2).reshape(b, s, heads * d)

@@ -1,0 +1,82 @@
+"""pi0.5's torch model: pi0's backbone with time-conditioned (AdaRMS) expert norms.
+
+There is no state token (the state is text in the prompt) and no action/time fusion: the
+suffix is ``action_in_proj(x_t)`` alone, and the time embedding goes through
+``time_mlp_in -> SiLU -> time_mlp_out -> SiLU`` to drive every expert norm's scale, shift
+and residual gate (LeRobot's ``PI05Pytorch.embed_suffix``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import nn
+
+from reflex_ros.policies.lerobot.paligemma_model import (
+    PREFIX_MAP,
+    PaliGemmaWithExpert,
+    unused_weight_patterns,
+)
+from reflex_ros.policies.lerobot.spec import FamilySpec
+from reflex_ros.policies.lerobot.time_embedding import SinusoidalTimeEmbedding
+from reflex_ros.policies.lerobot.weights import load_lerobot_weights
+
+
+class Pi05Model(nn.Module):
+    """``prefix`` once per chunk, ``velocity`` once per Euler step (both ONNX-traceable)."""
+
+    prefix_input_names: tuple[str, ...] = ("images", "image_masks", "lang_tokens", "lang_masks")
+    expert_input_names: tuple[str, ...] = ()
+
+    def __init__(self, spec: FamilySpec, state_dict: Mapping[str, torch.Tensor] | None = None) -> None:
+        super().__init__()
+        assert spec.expert is not None
+        width = spec.expert.hidden_size
+        self.spec = spec
+        self.backbone = PaliGemmaWithExpert(spec)
+        self.action_in_proj = nn.Linear(spec.max_action_dim, width)
+        self.action_out_proj = nn.Linear(width, spec.max_action_dim)
+        self.time_mlp_in = nn.Linear(width, width)
+        self.time_mlp_out = nn.Linear(width, width)
+        self.time_embedding = SinusoidalTimeEmbedding(width, spec.min_period, spec.max_period)
+        if state_dict is not None:
+            self.load_lerobot_state_dict(state_dict)
+        self.eval()
+
+    def weight_prefix_map(self) -> dict[str, str]:
+        heads = ("action_in_proj", "action_out_proj", "time_mlp_in", "time_mlp_out")
+        return {**{"backbone." + k: v for k, v in PREFIX_MAP.items()}, **{f"{h}.": f"model.{h}." for h in heads}}
+
+    def load_lerobot_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> None:
+        """Load LeRobot-named tensors (``LeRobotCheckpoint.load_state_dict()``), strictly."""
+        assert self.spec.vlm is not None
+        load_lerobot_weights(self, state_dict, self.weight_prefix_map(), unused_weight_patterns(self.spec.vlm.num_layers))
+
+    @property
+    def prefix_len(self) -> int:
+        return self.spec.num_cameras * self.backbone.tokens_per_image + self.spec.tokenizer_max_length
+
+    def kv_shapes(self, batch: int | str) -> list[tuple[int | str, ...]]:
+        return self.backbone.kv_shapes(batch, self.prefix_len)
+
+    def embed_prefix(self, images, image_masks, lang_tokens, lang_masks):  # noqa: ANN001, ANN201
+        """``(embs, pad_masks, att_masks)`` as LeRobot's ``embed_prefix`` (for stage tests)."""
+        return self.backbone.embed_prefix(images, image_masks, lang_tokens, lang_masks)
+
+    def prefix(
+        self, images: torch.Tensor, image_masks: torch.Tensor, lang_tokens: torch.Tensor, lang_masks: torch.Tensor
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        embs, pad, ar = self.backbone.embed_prefix(images, image_masks, lang_tokens, lang_masks)
+        return self.backbone.prefix_kv(embs, pad, ar), pad
+
+    def velocity(self, x_t: torch.Tensor, t: torch.Tensor, kv: list[torch.Tensor], prefix_mask: torch.Tensor) -> torch.Tensor:
+        action = self.action_in_proj(x_t)
+        cond = F.silu(self.time_mlp_out(F.silu(self.time_mlp_in(self.time_embedding(t)))))
+        b, s = action.shape[:2]
+        pad = torch.ones(b, s, dtype=torch.bool, device=action.device)
+        ar = torch.zeros(b, s, dtype=torch.bool, device=action.device)
+        ar[:, 0] = True
+        out = self.backbone.expert(action, pad, ar, kv, prefix_mask, cond=cond)
+        return self.action_out_proj(out[:, -self.spec.chunk_size:].to(torch.float32))
