@@ -26,18 +26,18 @@ def make_att_2d_masks(pad_masks: torch.Tensor, ar_masks: torch.Tensor) -> torch.
 
 
 def attend(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scaling: float
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scaling: float, groups: int
 ) -> torch.Tensor:
     """Eager attention, grouped-query aware.
 
-    q ``[B, H, S, D]``, k/v ``[B, KVH, T, D]`` (query head ``h`` reads KV head
-    ``h // (H / KVH)``), mask bool ``[B, S, T]``. Returns ``[B, S, H * D]``."""
+    q ``[B, H, S, D]``, k/v ``[B, H / groups, T, D]`` (query head ``h`` reads KV head
+    ``h // groups``), mask bool ``[B, S, T]``. Returns ``[B, S, H * D]``. ``groups`` is a
+    Python int from the architecture, so tracing sees no data-dependent branch."""
     b, heads, s, d = q.shape
-    kv_heads, t = k.shape[1], k.shape[2]
-    if heads != kv_heads:
-        rep = heads // kv_heads
-        k = k[:, :, None].expand(b, kv_heads, rep, t, d).reshape(b, heads, t, d)
-        v = v[:, :, None].expand(b, kv_heads, rep, t, d).reshape(b, heads, t, d)
+    if groups > 1:
+        kv_heads, t = k.shape[1], k.shape[2]
+        k = k[:, :, None].expand(b, kv_heads, groups, t, d).reshape(b, heads, t, d)
+        v = v[:, :, None].expand(b, kv_heads, groups, t, d).reshape(b, heads, t, d)
     scores = torch.matmul(q, k.transpose(2, 3)) * scaling
     scores = torch.where(mask[:, None], scores, torch.full_like(scores, MASKED_SCORE))
     probs = torch.softmax(scores.to(torch.float32), dim=-1).to(v.dtype)

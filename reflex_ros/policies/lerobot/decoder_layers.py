@@ -94,6 +94,8 @@ class AttentionProjections(nn.Module):
         if with_o:
             self.o_proj = nn.Linear(heads * head_dim, dim, bias=False)
         self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
+        #: query heads per key/value head (a Python int: static for tracing)
+        self.groups = heads // kv_heads
 
     @staticmethod
     def split_heads(x: torch.Tensor, head_dim: int) -> torch.Tensor:

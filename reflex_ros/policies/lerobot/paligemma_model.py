@@ -118,7 +118,7 @@ class PaliGemmaWithExpert(nn.Module):
             if i == last:
                 break
             q = self.rope.rotate(attn.split_heads(attn.q_proj(x), attn.head_dim), cos, sin)
-            hidden = hidden + attn.o_proj(attend(q, k, v, mask, self.scaling))
+            hidden = hidden + attn.o_proj(attend(q, k, v, mask, self.scaling, attn.groups))
             hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
         return kv
 
@@ -154,7 +154,7 @@ class PaliGemmaWithExpert(nn.Module):
             v = attn.split_heads(attn.v_proj(x), attn.head_dim)
             keys = torch.cat([kv[2 * i], k], dim=2)
             values = torch.cat([kv[2 * i + 1], v], dim=2)
-            hidden = _gated(hidden, attn.o_proj(attend(q, keys, values, mask, self.scaling)), gate)
+            hidden = _gated(hidden, attn.o_proj(attend(q, keys, values, mask, self.scaling, attn.groups)), gate)
             x, gate = self._norm(layer.post_attention_layernorm, hidden, cond)
             hidden = _gated(hidden, layer.mlp(x), gate)
         out, _ = self._norm(self.expert_norm, hidden, cond)

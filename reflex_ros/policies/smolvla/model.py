@@ -191,7 +191,7 @@ class SmolVLAModel(nn.Module):
             if i == last:
                 break
             q = self.rope.rotate(attn.split_heads(attn.q_proj(x), attn.head_dim), cos, sin)
-            hidden = hidden + attn.o_proj(attend(q, k, v, mask, self.scaling))
+            hidden = hidden + attn.o_proj(attend(q, k, v, mask, self.scaling, attn.groups))
             hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
         return kv, pad
 
@@ -232,14 +232,14 @@ class SmolVLAModel(nn.Module):
             q = attn.split_heads(attn.q_proj(x), attn.head_dim)
             if self.spec.cross_attn_layers[i]:
                 q = self.rope.rotate(q, rel_cos, rel_sin)
-                out = attend(q, kv[2 * j], kv[2 * j + 1], prefix_part, self.scaling)
+                out = attend(q, kv[2 * j], kv[2 * j + 1], prefix_part, self.scaling, attn.groups)
             else:
                 q = self.rope.rotate(q, abs_cos, abs_sin)
                 k = self.rope.rotate(attn.split_heads(attn.k_proj(x), attn.head_dim), abs_cos, abs_sin)
                 v = attn.split_heads(attn.v_proj(x), attn.head_dim)
                 keys = torch.cat([kv[2 * j], k], dim=2)
                 values = torch.cat([kv[2 * j + 1], v], dim=2)
-                out = attend(q, keys, values, full_mask, self.scaling)
+                out = attend(q, keys, values, full_mask, self.scaling, attn.groups)
             j += 1
             hidden = hidden + attn.o_proj(out)
             hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
