@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from safetensors.numpy import load_file, save_file
 
 from reflex_ros.policies.lerobot.checkpoint import load_lerobot_checkpoint
@@ -29,7 +28,6 @@ def _offline_cache(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HOME", str(DATA / "hf_cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    torch.set_num_threads(1)
 
 
 def _copy(family: str, tmp_path: Path) -> Path:

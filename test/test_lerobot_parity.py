@@ -83,7 +83,6 @@ def hf_env(case: str) -> Iterator[None]:
 
 @functools.cache
 def built(case: str):  # noqa: ANN201
-    torch.set_num_threads(1)
     with hf_env(case):
         return build_from_checkpoint(str(DATA / case / "checkpoint"))
 
