@@ -78,7 +78,7 @@ def checked_state(state: object, max_dim: int, names: Sequence[str] | None = Non
     if bad.size:
         i = int(bad[0])
         label = f"{names[i]!r} (observation.state[{i}])" if names is not None and i < len(names) else f"observation.state[{i}]"
-        raw = state[i]
+        raw = float(state[i])
         why = "is not finite" if not np.isfinite(raw) else "does not fit in float32"
-        raise ObservationError(f"{label} is {raw!r}, which {why}; all state values must be finite float32")
+        raise ObservationError(f"{label} is {raw:g}, which {why}; all state values must be finite float32")
     return as32

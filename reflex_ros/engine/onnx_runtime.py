@@ -427,7 +427,7 @@ class OnnxEngine:
         nfe = baked if nfe is None else nfe
         if self.layout == MONOLITHIC:
             if nfe != baked:
-                alt = (f"nfe in {list(c.supported_nfe_for(DECOMPOSED))}" if DECOMPOSED in c.layouts
+                alt = ("any other nfe" if DECOMPOSED in c.layouts
                        else "other nfe (re-export with --mode both)")
                 raise ReflexError(
                     f"the monolithic graph serves only its unrolled nfe={baked}, got nfe={nfe}; "
