@@ -276,3 +276,16 @@ def test_tokenizer_matches_transformers(hub_id: str, kind: str, legacy: bool, tm
             ids, mask = ours.encode([text], max_length)
             assert ids[0].tolist() == ref["input_ids"][0], (text, max_length)
             assert mask[0].tolist() == [bool(m) for m in ref["attention_mask"][0]], (text, max_length)
+
+
+def test_pi05_cfg_batch_rows() -> None:
+    """The RECAP batch runs as one [cond, uncond] batch; its uncond row is the plain run."""
+    _, processor, model = build_from_checkpoint(str(DATA / "pi05" / "checkpoint"))
+    ref = np.load(DATA / "pi05" / "fixtures" / "fixture_00.npz")
+    images = {k[len("obs."):]: ref[k] for k in ref.files if k.startswith("obs.observation.images.")}
+    pair = processor.prepare(images, ref["obs.observation.state"], str(ref["task"]), cfg_beta=1.5)
+    single = processor.prepare(images, ref["obs.observation.state"], str(ref["task"]))
+    both = sample_actions(model, pair, np.repeat(ref["noise"], 2, axis=0), 3).actions
+    plain = sample_actions(model, single, ref["noise"], 3).actions
+    np.testing.assert_allclose(both[1], plain[0], atol=1e-5)
+    assert np.abs(both[0] - both[1]).max() > 1e-4  # the advantage tag changes the prediction
