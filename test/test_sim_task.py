@@ -130,6 +130,17 @@ def test_success_needs_the_cube_lifted_near_the_gripper_and_held() -> None:
     task.reset(1)
     assert not task.success  # until the next reset
 
+    # Stepped by someone else (the sim node's physics loop), with update_success after each step.
+    _float_cube(task, below)
+    for _ in range(int(round(0.6 * SUCCESS_HOLD_S / task.model.opt.timestep))):
+        task.arm.step()
+        task.update_success()
+    assert not task.success
+    for _ in range(int(round(0.6 * SUCCESS_HOLD_S / task.model.opt.timestep))):
+        task.arm.step()
+        task.update_success()
+    assert task.success
+
 
 # ------------------------------------------------------------------------------ stepping
 def test_step_executes_targets_like_the_sim_nodes_trajectory_executor(task: PickTask) -> None:

@@ -171,6 +171,7 @@ class PickTask:
         self._target = HOME_POSITION.copy()
         self._tick = 0
         self._physics_steps = 0
+        self._t0 = 0.0
         self._z_init = self.cube_half_size
         self._lifted_since_s: float | None = None
         self._success = False
@@ -194,6 +195,7 @@ class PickTask:
         self._target = HOME_POSITION.copy()
         for _ in range(int(round(SETTLE_S / self._step_s))):
             self.arm.step()
+        self._t0 = float(self.data.time)
         self._tick = 0
         self._physics_steps = 0
         self._lifted_since_s = None
@@ -208,8 +210,9 @@ class PickTask:
 
     @property
     def time_s(self) -> float:
-        """Episode time (physics time since the end of the reset's settling)."""
-        return self._physics_steps * self._step_s
+        """Episode time: MuJoCo's clock since the end of the reset's settling (so it also runs
+        when the arm is stepped by someone else, e.g. the sim node)."""
+        return float(self.data.time) - self._t0
 
     @property
     def tick(self) -> int:
@@ -255,7 +258,13 @@ class PickTask:
         episode (latched: an episode that succeeded stays a success)."""
         return self._success
 
-    def _update_success(self) -> bool:
+    def update_success(self) -> bool:
+        """Advance the hold timer from the current state; returns :meth:`lifted`.
+
+        :meth:`step` calls it after every physics step. Code that steps the arm itself (the sim
+        node's physics loop, with :meth:`reset` for the scene) calls it after each of its steps,
+        then reads :attr:`success`.
+        """
         lifted = self.lifted()
         if not lifted:
             self._lifted_since_s = None
@@ -293,7 +302,7 @@ class PickTask:
             self.arm.set_command(start + alpha * (target - start))
             self.arm.step()
             self._physics_steps += 1
-            lifted = self._update_success()
+            lifted = self.update_success()
         self._target = target.copy()
         self._tick += 1
         return StepInfo(time_s=self.time_s, lifted=lifted, success=self._success)
