@@ -20,8 +20,8 @@ SUBCOMMANDS: dict[str, str] = {
     "bench": "reflex_ros.engine.bench",
     "run": "reflex_ros.ros.runner",
     "sim": "reflex_ros.sim.cli",
-    "demo": "reflex_ros.sim.demo",
-    "calibrate": "reflex_ros.replay.calibrate_cli",
+    "demo": "reflex_ros.apps.demo",
+    "calibrate": "reflex_ros.apps.calibrate",
     "doctor": "reflex_ros.calibration.doctor",
 }
 
@@ -34,13 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     registered: set[str] = set()
     for module_name in dict.fromkeys(SUBCOMMANDS.values()):
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:  # a subcommand whose module is not written yet
-            if exc.name != module_name:
-                raise
-            continue
-        module.register(sub)
+        importlib.import_module(module_name).register(sub)
     registered.update(sub.choices)
     parser.set_defaults(_registered=registered)
     return parser

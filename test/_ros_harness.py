@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import rclpy
-from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import Parameter as ParameterMsg
 from rcl_interfaces.msg import ParameterType, ParameterValue
@@ -29,6 +28,9 @@ from reflex_ros.msg import ActionChunk
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
 from trajectory_msgs.msg import JointTrajectory
+
+from reflex_ros.control.stamps import stamp_to_ns
+from reflex_ros.ros.messages import time_msg
 
 SO100_JOINTS = ["shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll", "gripper"]
 
@@ -46,12 +48,8 @@ def wait_for(predicate: Callable[[], Any], timeout_s: float = 60.0, what: str = 
         time.sleep(poll_s)
 
 
-def stamp_ns(stamp: Any) -> int:
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
-
-
-def to_time(ns: int) -> Time:
-    return Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
+stamp_ns = stamp_to_ns  # the project's one reader of Time / Duration
+to_time = time_msg
 
 
 def rgb_image(stamp: int, size: int = 64, encoding: str = "rgb8", seed: int = 0) -> Image:
@@ -201,13 +199,17 @@ class RosHarness:
             return self.chunks[start:start + n]
 
     def matching_trajectory(self, chunk: ActionChunk, timeout_s: float = 30.0) -> JointTrajectory:
-        """The trajectory published with ``chunk`` (same stamp)."""
+        """The trajectory published with ``chunk``: same stamp and length, and (when two chunks
+        came from one observation, as happens when no new frame arrived between two control
+        ticks) the one carrying the chunk's positions; else the newest with that stamp."""
+        data = np.asarray(chunk.data, dtype=np.float64).reshape(chunk.chunk_size, -1)
+
         def find():
             with self.lock:
-                for r in reversed(self.trajectories):
-                    if r.msg.header.stamp == chunk.header.stamp and len(r.msg.points) == chunk.chunk_size:
-                        return r.msg
-            return None
+                same = [r.msg for r in reversed(self.trajectories)
+                        if r.msg.header.stamp == chunk.header.stamp and len(r.msg.points) == chunk.chunk_size]
+            carrying = [m for m in same if np.allclose([p.positions for p in m.points], data, atol=1e-5)]
+            return (carrying or same or [None])[0]
         return wait_for(find, timeout_s, "the trajectory matching a chunk")
 
     def latest_diagnostics(self, after_ns: int = 0, timeout_s: float = 30.0) -> dict[str, str]:

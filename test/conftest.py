@@ -61,3 +61,58 @@ def tiny_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_export_2cam(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real tiny export with 2 cameras (multi-camera sync tests)."""
     return _export(tmp_path_factory, "tiny2", num_cameras=2)
+
+
+class PolicyUnderTest:
+    """The policy node (its own process, ``node``: a PolicyNodeProcess) and the robot side in
+    this process (``robot``: a RosHarness publishing cameras + joint states and recording
+    what the node sends)."""
+
+    def __init__(self, node, robot) -> None:
+        self.node = node
+        self.robot = robot
+
+
+@pytest.fixture(scope="module")
+def policy(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """One policy node + robot pair per test module, configured by the module's ``POLICY``
+    dict: ``export`` (a fixture name, default "tiny_export"; "missing" = a directory that
+    does not exist), ``node`` (PolicyNodeProcess keyword arguments; embodiment so100 unless
+    given; ``autostart`` False leaves it unconfigured) and ``robot`` (RosHarness keyword
+    arguments). Tests that share it must not depend on each other's order: each sets what
+    it relies on first (see the modules' autouse fixtures)."""
+    from _ros_harness import RosHarness
+
+    from reflex_ros.ros.runner import PolicyNodeProcess
+
+    config = getattr(request.module, "POLICY", {})
+    export_name = config.get("export", "tiny_export")
+    export = (tmp_path_factory.mktemp("policy") / "no_such_export" if export_name == "missing"
+              else request.getfixturevalue(export_name))
+    kwargs = {"embodiment": "so100", "log": lambda line: None, **config.get("node", {})}
+    proc = PolicyNodeProcess(export, **kwargs)
+    try:
+        if kwargs.get("autostart", True):
+            proc.__enter__()
+        else:
+            proc.start()
+        robot = RosHarness(node_fqn=proc.fqn, **config.get("robot", {}))
+        try:
+            yield PolicyUnderTest(proc, robot)
+        finally:
+            robot.close()
+    finally:
+        try:
+            proc.stop()
+        finally:
+            proc.kill()
+
+
+@pytest.fixture(scope="module")
+def node(policy: PolicyUnderTest):
+    return policy.node
+
+
+@pytest.fixture(scope="module")
+def robot(policy: PolicyUnderTest):
+    return policy.robot

@@ -6,11 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from reflex_ros.calibration.actuation_lag import (
-    commanded_trajectory,
-    estimate_actuation_lag_ms,
-    lag_cost_curve,
-)
+from reflex_ros.calibration.actuation_lag import estimate_actuation_lag_ms, lag_cost_curve
+from reflex_ros.control.jtc import commanded_series
 
 HZ = 50.0
 DT_NS = int(1e9 / HZ)
@@ -27,7 +24,7 @@ def chunked_command(seconds: float = 6.0, joints: int = 6, seed: int = 0):
         pos = 0.5 * np.sin(2 * np.pi * 0.3 * t[:, None] + np.arange(joints)) + 0.2 * np.sin(
             2 * np.pi * 1.3 * t[:, None] + 3 * np.arange(joints))
         segments.append((start, offsets, pos + rng.normal(0, 0.005, (1, joints))))
-    return commanded_trajectory(segments)
+    return commanded_series(segments)
 
 
 def measured(cmd_t, cmd_p, lag_ms, *, offset=0.0, noise=0.0, tau_ms=0.0, rate_hz=100.0, seed=1):
@@ -100,15 +97,6 @@ def test_shape_errors_name_the_series():
         lag_cost_curve([0, 1], np.zeros((2, 2)), np.arange(30), np.zeros((29, 2)))
 
 
-def test_commanded_trajectory_replaces_on_a_new_message():
-    first = (0, np.array([0, 100, 200, 300]), np.array([[0.0], [1.0], [2.0], [3.0]]))
-    second = (150, np.array([0, 100]), np.array([[10.0], [11.0]]))
-    t, p = commanded_trajectory([first, second])
-    # The first trajectory runs until 150 (its 200 and 300 points never execute), then the second.
-    assert t.tolist() == [0, 100, 149, 150, 250]
-    assert p[:, 0].tolist() == pytest.approx([0.0, 1.0, 1.49, 10.0, 11.0])
-
-
 def test_late_chunks_take_over_at_arrival_not_at_their_stamp():
     """Each chunk is stamped 40 ms before it is published (inference ran longer than the
     compensation). The controller can only act from the publish time, so with the arrival
@@ -121,10 +109,10 @@ def test_late_chunks_take_over_at_arrival_not_at_their_stamp():
         offsets = np.arange(50, dtype=np.int64) * DT_NS
         pos = rng.uniform(-0.5, 0.5, (1, 3)) + np.cumsum(rng.normal(0, 0.02, (50, 3)), axis=0)
         segments.append((start, offsets, pos, start + late_ns))
-    cmd_t, cmd_p = commanded_trajectory(segments)
+    cmd_t, cmd_p = commanded_series(segments)
     meas = measured(cmd_t, cmd_p, 60.0, rate_hz=250.0)
     with_arrival = estimate_actuation_lag_ms(cmd_t, cmd_p, *meas)
-    stamp_only_t, stamp_only_p = commanded_trajectory([s[:3] for s in segments])
+    stamp_only_t, stamp_only_p = commanded_series([s[:3] for s in segments])
     without_arrival = estimate_actuation_lag_ms(stamp_only_t, stamp_only_p, *meas)
     assert with_arrival is not None and abs(with_arrival - 60.0) < DT_NS / 1e6
     assert without_arrival is None or abs(without_arrival - 60.0) > abs(with_arrival - 60.0)

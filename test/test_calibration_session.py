@@ -212,7 +212,7 @@ def test_calibration_package_never_imports_rclpy():
     code = ("import sys\n"
             "import reflex_ros.calibration.session, reflex_ros.calibration.doctor, reflex_ros.calibration.cache\n"
             "import reflex_ros.calibration.actuation_lag, reflex_ros.calibration.tracker\n"
-            "import reflex_ros.replay.bag_reader, reflex_ros.replay.calibrate_cli\n"
+            "import reflex_ros.replay.bag_reader, reflex_ros.apps.calibrate, reflex_ros.calibration.live\n"
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('rclpy', 'torch'))\n"
             "print(bad)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

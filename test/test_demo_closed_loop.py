@@ -34,7 +34,7 @@ import pytest
 pytest.importorskip("rclpy")
 pytest.importorskip("mujoco")
 
-from reflex_ros.calibration.embodiment import load_embodiment  # noqa: E402
+from reflex_ros.control.embodiment import load_embodiment  # noqa: E402
 
 DELAYS_MS = (0.0, 80.0)
 SIM_SECONDS = 20.0  # the tracker learns after ~45 chunks (~8 s); the rest is slack for a loaded machine
@@ -125,23 +125,15 @@ def test_learned_compensation_exceeds_observation_to_publish(runs: dict[float, d
     assert s["cache_entry_latency_ms"] > s["obs_to_publish_p95_ms"]
 
 
-def test_injected_delay_raises_the_learned_compensation_by_the_delay(runs: dict[float, dict]):
-    """Compared at the first update of each run: both were learned from motion under the same
-    controller settings (the so100 cold start), so their difference isolates the injected
-    delay. Later updates learn from motion that the new compensation itself changed (more
-    skipped steps let the first point of a chunk jump further, which saturates the servos)."""
+def test_injected_delay_raises_the_measured_actuation_lag_by_the_delay(runs: dict[float, dict]):
+    """The injected delay sits between the sim's trajectory executor and its servos, so it is
+    exactly what the commanded-vs-measured actuation lag changes by. The learned compensation
+    also contains p95 observation-to-publish, which moves with the machine's load (a run
+    once saw it offset the rise by ~80 ms) and is therefore not compared across runs."""
     control_period_ms = 1000.0 / 30.0
-    rise_ms = runs[80.0]["first_learned_latency_ms"] - runs[0.0]["first_learned_latency_ms"]
-    detail = {
-        d: {
-            k: runs[d][k]
-            for k in (
-                "first_learned_latency_ms",
-                "learned_latency_ms",
-                "obs_to_publish_p95_ms",
-                "actuation_lag_ms",
-            )
-        }
-        for d in DELAYS_MS
-    }
+    lags = {d: runs[d]["actuation_lag_ms"] for d in DELAYS_MS}
+    assert all(lag is not None for lag in lags.values()), f"no lag estimate: {lags}"
+    rise_ms = lags[80.0] - lags[0.0]
+    detail = {d: {k: runs[d][k] for k in ("actuation_lag_ms", "first_learned_latency_ms", "learned_latency_ms",
+                                          "obs_to_publish_p95_ms")} for d in DELAYS_MS}
     assert 80.0 - control_period_ms <= rise_ms <= 80.0 + control_period_ms, f"rose {rise_ms:.1f} ms: {detail}"

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reflex_ros.sim import demo, loop_report
-from reflex_ros.sim.loop_report import ChunkRecord, LoopRecording, TrajectoryRecord
+from reflex_ros.apps import demo, loop_report
+from reflex_ros.apps.loop_report import ChunkRecord, LoopRecording, TrajectoryRecord
 
 MS = 1_000_000
 DT = 33_333_333

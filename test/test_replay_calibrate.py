@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reflex_ros.calibration.actuation_lag import commanded_trajectory, estimate_actuation_lag_ms
-from reflex_ros.calibration.embodiment import load_embodiment
-from reflex_ros.replay import calibrate_cli
+from reflex_ros.apps import calibrate as calibrate_cli
+from reflex_ros.calibration.actuation_lag import estimate_actuation_lag_ms
+from reflex_ros.control.embodiment import load_embodiment
+from reflex_ros.control.jtc import commanded_series
 from reflex_ros.replay.bag_reader import BagError, default_typestore, read_bag
 
 REPO = Path(__file__).resolve().parent.parent
@@ -80,7 +81,7 @@ def write_bag(path: Path, storage: str, *, duration_s: float = 6.0, joint_names:
                 dt=Duration(sec=0, nanosec=DT_NS), skipped_steps=skipped, latency_compensation_ms=40.0,
                 inference_ms=5.0, nfe=10, model_hash="x")
             messages.append((obs + int(OBS_TO_PUBLISH_MS * 1e6), CHUNKS, "reflex_ros/msg/ActionChunk", chunk))
-    cmd_t, cmd_p = commanded_trajectory(segments)
+    cmd_t, cmd_p = commanded_series(segments)
     if with_joint_states:
         # Joint states at 100 Hz: the command delayed by the actuation lag, offset, noisy; the
         # driver publishes an extra joint and a different order (state is taken by name).
@@ -121,13 +122,13 @@ def test_bag_actuation_lag_within_one_control_period(tmp_path, storage, franka):
     assert data.topics.trajectory_topic == TRAJ and data.topics.joint_states_topic == "/joint_states"
     assert data.joint_pos.shape == (600, len(franka.joint_names))
     assert len(data.trajectories) == 30
-    cmd_t, cmd_p = commanded_trajectory(data.trajectories)
+    cmd_t, cmd_p = commanded_series(data.trajectories)
     lag = estimate_actuation_lag_ms(cmd_t, cmd_p, data.joint_t_ns, data.joint_pos)
     assert lag is not None
     assert abs(lag - INJECTED_LAG_MS) <= 1000.0 / CONTROL_HZ, lag
     # The recorded action chunks give the observation-to-publish latency.
     assert np.allclose(data.obs_to_publish_ms, OBS_TO_PUBLISH_MS, atol=1e-3)
-    # Observations were rebuilt by the node's own decoders: resized, state taken by name.
+    # Observations were rebuilt by the node's own assembler: resized, state taken by name.
     obs = data.observations[0]
     assert obs.images[0].shape == (64, 64, 3) and obs.images[0].dtype == np.uint8
     assert obs.state.shape == (len(franka.joint_names),)
@@ -204,5 +205,16 @@ def test_read_bag_rejects_a_non_bag(tmp_path, franka):
 def test_cli_registers_my_subcommands():
     from reflex_ros.cli import SUBCOMMANDS
 
-    assert SUBCOMMANDS["calibrate"] == "reflex_ros.replay.calibrate_cli"
+    assert SUBCOMMANDS["calibrate"] == "reflex_ros.apps.calibrate"
     assert SUBCOMMANDS["doctor"] == "reflex_ros.calibration.doctor"
+
+
+def test_replay_does_not_import_the_ros_layer():
+    """Bag replay runs on the control layer alone: no rclpy, no reflex_ros.ros."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import reflex_ros.replay.bag_reader, reflex_ros.apps.calibrate; "
+            "print(sorted(m for m in sys.modules if m.startswith(('reflex_ros.ros', 'rclpy'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]"

@@ -34,6 +34,7 @@ class FlakyDevice:
         self.info = engine.info
         self.tripped = threading.Event()
         self.calls_after_trip = 0
+        self.closed = False
 
     def trip(self) -> None:
         self.tripped.set()
@@ -45,6 +46,7 @@ class FlakyDevice:
         return self.engine.infer(obs, **kwargs)
 
     def close(self) -> None:
+        self.closed = True
         self.engine.close()
 
 
@@ -71,8 +73,18 @@ def ros(tiny_export: Path):
         spin.join(timeout=10)
 
 
-def _state(node: PolicyNode) -> str:
-    return node._lifecycle_label()
+def _state(robot, node: PolicyNode) -> str:
+    """The node's lifecycle state from its get_state service, as any other process sees it."""
+    from lifecycle_msgs.srv import GetState
+
+    client = robot.create_client(GetState, f"{node.get_fully_qualified_name()}/get_state")
+    try:
+        wait_for(lambda: client.wait_for_service(timeout_sec=0.1), 30, "the get_state service")
+        future = client.call_async(GetState.Request())
+        wait_for(future.done, 30, "get_state to answer")
+        return future.result().current_state.label
+    finally:
+        robot.destroy_client(client)
 
 
 def test_engine_failure_goes_through_error_processing_and_recovers(ros) -> None:
@@ -95,24 +107,25 @@ def test_engine_failure_goes_through_error_processing_and_recovers(ros) -> None:
         assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
         assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
         wait_for(lambda: node.stats.chunks_published >= 3, 60, "chunks before the fault")
-        device = FlakyDevice(node._engine)
-        node._engine = device  # fault injection: the device the engine runs on fails
+        loop = node._loop
+        device = FlakyDevice(loop.engine)
+        loop.engine = device  # fault injection: the device the engine runs on fails
         device.trip()
-        wait_for(lambda: _state(node) == "unconfigured", 60, "error processing to end in unconfigured")
+        wait_for(lambda: _state(robot, node) == "unconfigured", 60, "error processing to end in unconfigured")
         assert device.calls_after_trip == 1  # the loop stopped at the first failure
         assert node.stats.engine_errors == 1
         assert "engine failed: RuntimeError: CUDA error" in node.stats.last_error
-        assert node._engine is None  # released by error processing
+        assert node._loop is None and device.closed  # released by error processing
         hold = [t for t in trajectories if len(t.points) == 1 and t.header.stamp.sec == 0]
         assert hold and list(hold[-1].points[0].positions) == pytest.approx([0.05] * 6)
 
         # recoverable: configure again loads a fresh engine and chunks flow
         published = node.stats.chunks_published
         assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
-        assert _state(node) == "inactive"
+        assert _state(robot, node) == "inactive"
         assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
         wait_for(lambda: node.stats.chunks_published >= published + 3, 60, "chunks after recovery")
-        assert _state(node) == "active"
+        assert _state(robot, node) == "active"
     finally:
         stop.set()
         feeder.join(timeout=10)

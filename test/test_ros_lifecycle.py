@@ -4,6 +4,10 @@ A node started with a bad export_dir fails configure with one clear line and sta
 unconfigured; fixing the parameter makes configure succeed. Reconfigure-only parameters are
 refused while configured and accepted again after cleanup. deactivate publishes a
 hold-position trajectory and stops the chunks; shutdown ends the process cleanly.
+
+The node is shared by the module (conftest's ``policy``, started unconfigured on an export
+directory that does not exist); each test first drives it to the state it starts from, so
+the order of the tests does not matter.
 """
 
 from __future__ import annotations
@@ -15,32 +19,36 @@ import pytest
 from _ros_harness import SO100_JOINTS, RosHarness, stamp_ns, wait_for
 
 from reflex_ros.ros.runner import NodeProcessError, PolicyNodeProcess
+from reflex_ros.vocab import DEFAULT_CAMERA_TOPIC
+
+POLICY = {"export": "missing", "node": {"parameters": {"execute_steps": 3}, "autostart": False}}
 
 
-@pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory):
-    bad = tmp_path_factory.mktemp("lifecycle") / "no_such_export"
-    proc = PolicyNodeProcess(bad, embodiment="so100", parameters={"execute_steps": 3}, autostart=False,
-                             log=lambda line: None)
-    proc.start()
-    yield proc
-    proc.stop()
-    proc.kill()
-
-
-@pytest.fixture(scope="module")
-def robot(node: PolicyNodeProcess):
-    harness = RosHarness(node_fqn=node.fqn)
-    yield harness
-    harness.close()
-
-
-def test_configure_fails_on_bad_export_dir_then_succeeds_after_fixing(node, robot, tiny_export: Path) -> None:
+def unconfigured(node: PolicyNodeProcess) -> None:
+    state = node.state()
+    if state == "active":
+        node.deactivate()
+        state = "inactive"
+    if state == "inactive":
+        node.cleanup()
     assert node.state() == "unconfigured"
+
+
+def inactive(node: PolicyNodeProcess, robot: RosHarness, export: Path) -> None:
+    unconfigured(node)
+    assert robot.set_params(export_dir=str(export), camera_topics=[DEFAULT_CAMERA_TOPIC]) == [(True, "")] * 2
+    node.configure()
+
+
+def test_configure_fails_on_bad_export_dir_then_succeeds_after_fixing(node, robot, tiny_export: Path,
+                                                                      tmp_path: Path) -> None:
+    unconfigured(node)
+    assert robot.set_params(export_dir=str(tmp_path / "no_such_export")) == [(True, "")]
+    mark = len(node.lines)
     with pytest.raises(NodeProcessError, match=r"configure failed: .*no_such_export"):
         node.configure()
     assert node.state() == "unconfigured"
-    assert sum("configure failed" in line for line in node.lines) == 1  # one clear line
+    assert sum("configure failed" in line for line in list(node.lines)[mark:]) == 1  # one clear line
     failed_diag = wait_for(lambda: (d := robot.latest_diagnostics(after_ns=robot.now_ns())) and
                            d["_message"].startswith("configure failed") and d, 30, "an error diagnostic")
     assert failed_diag["_level"] == 2
@@ -59,7 +67,8 @@ def test_configure_fails_on_bad_export_dir_then_succeeds_after_fixing(node, robo
     assert robot.get_params("export_dir") == [str(tiny_export)]
 
 
-def test_activate_publishes_and_deactivate_holds_position(node, robot) -> None:
+def test_activate_publishes_and_deactivate_holds_position(node, robot, tiny_export: Path) -> None:
+    inactive(node, robot, tiny_export)
     held = [0.1, -0.2, 0.3, -0.4, 0.5, 0.6]
     robot.feed(True, rate_hz=30.0, state=lambda: (SO100_JOINTS, held))
     node.activate()
@@ -92,14 +101,21 @@ def test_activate_publishes_and_deactivate_holds_position(node, robot) -> None:
     robot.feed(False)
 
 
-def test_cleanup_unlocks_reconfigure_only_parameters_and_shutdown_exits(node, robot, tiny_export) -> None:
+def test_cleanup_unlocks_reconfigure_only_parameters(node, robot, tiny_export) -> None:
+    inactive(node, robot, tiny_export)
+    assert robot.describe("export_dir")[0].read_only is True
     node.cleanup()
     assert node.state() == "unconfigured"
     assert robot.describe("export_dir")[0].read_only is False
     assert robot.set_params(export_dir=str(tiny_export)) == [(True, "")]
     node.configure()  # a second configure after cleanup works (engine reloaded)
     assert node.state() == "inactive"
-    node.cleanup()
-    node.shutdown_node()
-    wait_for(lambda: not node.alive, 60, "the node process to exit after shutdown")
-    assert node.returncode == 0
+
+
+def test_shutdown_from_unconfigured_exits_cleanly(tiny_export: Path) -> None:
+    """Its own node: after shutdown there is no node left to share."""
+    with PolicyNodeProcess(tiny_export, embodiment="so100", autostart=False, node_name="reflex_policy_shutdown",
+                           log=lambda line: None) as node:
+        node.shutdown_node()
+        wait_for(lambda: not node.alive, 60, "the node process to exit after shutdown")
+        assert node.returncode == 0

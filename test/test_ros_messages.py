@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from reflex_ros.ros.chunking import PlannedChunk
+from reflex_ros.control.chunking import PlannedChunk
 from reflex_ros.ros.messages import TrajectoryBuilder, action_chunk_msg, hold_trajectory_msg, trajectory_msg
 
 NAMES = ["a", "b", "c"]

@@ -1,33 +1,26 @@
-"""Two cameras + joint state through the approximate-time sync, on a real 2-camera export."""
+"""Two cameras + joint state through the approximate-time sync, on a real 2-camera export.
+
+The node is shared by the module (conftest's ``policy``); ``quiet_robot`` resets the feed
+before every test, so the order of the tests does not matter.
+"""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 from _ros_harness import RosHarness, stamp_ns, wait_for
 
-from reflex_ros.ros.runner import PolicyNodeProcess
-
 CAMERAS = ["/cam/front/image_raw", "/cam/wrist/image_raw"]
 MS = 1_000_000
 DT_NS = 33_333_333
+POLICY = {"export": "tiny_export_2cam", "robot": {"camera_topics": CAMERAS},
+          "node": {"node_name": "reflex_policy_2cam",
+                   "parameters": {"execute_steps": 3, "camera_topics": CAMERAS, "sync_slop_ms": 25.0}}}
 
 
-@pytest.fixture(scope="module")
-def node(tiny_export_2cam: Path):
-    proc = PolicyNodeProcess(tiny_export_2cam, embodiment="so100", node_name="reflex_policy_2cam",
-                             parameters={"execute_steps": 3, "camera_topics": CAMERAS, "sync_slop_ms": 25.0},
-                             log=lambda line: None)
-    with proc:
-        yield proc
-
-
-@pytest.fixture(scope="module")
-def robot(node: PolicyNodeProcess):
-    harness = RosHarness(node_fqn=node.fqn, camera_topics=CAMERAS)
-    yield harness
-    harness.close()
+@pytest.fixture(autouse=True)
+def quiet_robot(robot: RosHarness) -> None:
+    robot.feed(False, rate_hz=30.0)
+    robot.feeder.camera_offsets_ns = [0, 0]
 
 
 def test_offset_cameras_within_slop_sync_and_stamp_from_the_newest(node, robot) -> None:
@@ -41,9 +34,11 @@ def test_offset_cameras_within_slop_sync_and_stamp_from_the_newest(node, robot) 
 
 
 def test_cameras_beyond_slop_never_form_an_observation(node, robot) -> None:
+    robot.feed(True)  # in sync first: the node has a set, which then ages out (the watchdog says so)
+    robot.wait_chunks(1, timeout_s=90)
+    robot.feed(False)
     robot.feeder.camera_offsets_ns = [0, 60 * MS]  # wrist frames 60 ms off: outside the 25 ms slop
     robot.feeder.rate_hz = 5.0  # sparse, so a wrist frame never lands near another tick's frame
-    # let the in-sync sets of the previous test age out first (the watchdog says so)
     before = wait_for(lambda: (d := robot.latest_diagnostics(after_ns=robot.now_ns())) and
                       d["_message"].startswith("stale") and d, 60, "the watchdog to flag stale data")
     robot.feed(True)
@@ -55,6 +50,5 @@ def test_cameras_beyond_slop_never_form_an_observation(node, robot) -> None:
     robot.feed(False)
     robot.feeder.camera_offsets_ns = [0, 0]
     robot.feeder.rate_hz = 30.0
-    robot.feed(True)
+    robot.feed(True)  # back in sync: chunks again
     robot.wait_chunks(2, timeout_s=90)
-    robot.feed(False)

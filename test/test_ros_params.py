@@ -1,5 +1,6 @@
-"""Parameter declaration in the node itself: embodiment defaults, explicit overrides win,
-command-line integers accepted for doubles, the explicit set the calibrator needs."""
+"""Parameter declaration in the node itself (ros/params.py from the control/params.py table):
+embodiment defaults, explicit overrides win, command-line integers accepted for doubles, the
+explicit set the calibrator needs, a descriptor with description and range for every spec."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from rclpy.context import Context
 from rclpy.parameter import Parameter
 from rclpy.signals import SignalHandlerOptions
 
-from reflex_ros.ros import params as P
+from reflex_ros.control import params as P
+from reflex_ros.ros.params import descriptor
 from reflex_ros.ros.policy_node import PolicyNode
 
 
@@ -60,7 +62,7 @@ def test_user_changes_become_explicit_and_are_validated(make_node) -> None:
 
 def test_no_embodiment_leaves_robot_parameters_unset(make_node) -> None:
     node = make_node()
-    values = node._values()
+    values = node.parameter_values()
     assert values["joint_names"] is None and values["position_lower"] is None
     assert values["control_frequency_hz"] == P.SPECS["control_frequency_hz"].default
 
@@ -68,16 +70,22 @@ def test_no_embodiment_leaves_robot_parameters_unset(make_node) -> None:
 def test_unknown_embodiment_does_not_crash_construction(make_node) -> None:
     node = make_node(embodiment="kuka")
     assert node.get_parameter("embodiment").value == "kuka"
-    assert node._values()["joint_names"] is None
+    assert node.parameter_values()["joint_names"] is None
 
 
-@pytest.mark.parametrize(
-    ("name", "value", "reason"),
-    [("engine", "tensorflow", "engine must be one of"), ("dtype", "fp64", "dtype must be one of"),
-     ("joint_names", ["a", "a"], "duplicates"), ("camera_topics", [""], "non-empty"),
-     ("max_delta_per_step", [0.1, -0.1], "> 0"), ("position_lower", [0.0, float("nan")], "finite"),
-     ("cfg_beta", 0.99, "0.0 (off) or >= 1.0")],
-)
-def test_check_value_reasons(name: str, value, reason: str) -> None:
-    assert reason in P.check_value(name, value)
-    assert P.check_value("cfg_beta", 0.0) is None and P.check_value("cfg_beta", 1.0) is None
+@pytest.mark.parametrize("name", sorted(P.SPECS))
+def test_every_parameter_has_a_descriptor_with_description_and_range(name: str) -> None:
+    spec = P.SPECS[name]
+    desc = descriptor(spec)
+    assert desc.description and desc.name == name
+    if spec.kind in (int, float):
+        assert desc.integer_range or desc.floating_point_range, f"{name} has no range"
+    if spec.choices:
+        assert desc.additional_constraints.startswith("one of: ")
+
+
+def test_a_string_given_for_a_double_is_refused_at_start_up(make_node) -> None:
+    from rclpy.exceptions import InvalidParameterTypeException
+
+    with pytest.raises(InvalidParameterTypeException):
+        make_node(control_frequency_hz="fast")

@@ -1,4 +1,4 @@
-"""`reflex-ros run` as a user runs it, the launch file, and config/policy.yaml.
+"""`reflex-ros run` as a user runs it, and the launch file.
 
 The CLI runs as a real process in its own process group; SIGINT to that group is what a
 terminal's Ctrl-C does. launch_ros is not installable here, so the launch file is compiled
@@ -15,11 +15,9 @@ import sys
 import threading
 from pathlib import Path
 
-import pytest
-import yaml
 from _ros_harness import RosHarness, wait_for
 
-from reflex_ros.ros import params as P
+from reflex_ros.control import params as P
 from reflex_ros.ros.runner import node_command, ros_environment
 
 REPO = Path(__file__).resolve().parent.parent
@@ -129,34 +127,6 @@ def test_launch_file_declares_the_arguments_and_autostarts() -> None:
     hk = {k.arg: getattr(k.value, "value", None) for k in handler.keywords}
     assert (hk["start_state"], hk["goal_state"]) == ("configuring", "inactive")
     assert any(isinstance(f, ast.FunctionDef) and f.name == "generate_launch_description" for f in tree.body)
-
-
-def test_policy_yaml_documents_every_parameter_and_sets_only_known_ones() -> None:
-    text = POLICY_YAML.read_text()
-    data = yaml.safe_load(text)
-    given = data["/**"]["ros__parameters"]
-    assert set(given) <= set(P.SPECS)
-    for name in P.SPECS:  # every parameter appears, set or commented out, with a comment above
-        lines = text.splitlines()
-        idx = next((i for i, line in enumerate(lines) if line.strip().lstrip("# ").startswith(f"{name}:")), None)
-        assert idx is not None, f"{name} missing from policy.yaml"
-        assert lines[idx - 1].strip().startswith("#"), f"{name} has no comment"
-    # values an embodiment or the calibrator supply must not be pinned by default
-    assert not (set(given) & (set(P.EMBODIMENT_BACKED) | set(P.CALIBRATED) | {"provider", "dtype"}))
-    for name, value in given.items():
-        spec = P.SPECS[name]
-        assert P.check_value(name, value) is None
-        kinds = {bool: bool, int: int, float: float, str: str, "str[]": list, "float[]": list}
-        assert isinstance(value, kinds[spec.kind]), name
-
-
-@pytest.mark.parametrize("name", sorted(P.SPECS))
-def test_every_parameter_has_a_descriptor_with_description_and_range(name: str) -> None:
-    spec = P.SPECS[name]
-    desc = spec.descriptor()
-    assert desc.description and desc.name == name
-    if spec.kind in (int, float):
-        assert desc.integer_range or desc.floating_point_range, f"{name} has no range"
 
 
 def test_node_run_directly_shuts_down_cleanly_on_sigint(tiny_export: Path) -> None:

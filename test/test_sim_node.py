@@ -7,7 +7,6 @@ loaded machine makes the test slower, not flaky.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -22,50 +21,23 @@ from builtin_interfaces.msg import Duration  # noqa: E402
 from sensor_msgs.msg import Image, JointState  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint  # noqa: E402
 
+from reflex_ros.control.stamps import ns_to_sec_nanosec  # noqa: E402
+from reflex_ros.control.stamps import stamp_to_ns as _stamp_to_ns  # noqa: E402
+from reflex_ros.ros.process import ChildProcess  # noqa: E402
+
 JOINTS = ["shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll", "gripper"]
 TRAJ_TOPIC = "/test_sim/joint_trajectory"
 STARTUP_TIMEOUT_S = 60.0
 
 
-class SimProcess:
-    """The sim node as a child process with the session's ROS environment, logging to a file
-    (a pipe nobody drains could fill up and block the child)."""
-
-    def __init__(self, log_path: Path, params: tuple[str, ...]) -> None:
-        cmd = [
-            sys.executable,
-            "-m",
-            "reflex_ros.sim.sim_node",
-            "--ros-args",
-            "-p",
-            f"trajectory_topic:={TRAJ_TOPIC}",
-        ]
-        for p in params:
-            cmd += ["-p", p]
-        self.log_path = log_path
-        self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            cmd, env=dict(os.environ), stdout=self._log, stderr=subprocess.STDOUT, text=True
-        )
-
-    def log(self) -> str:
-        return self.log_path.read_text()
-
-    def stop(self) -> int:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self._log.close()
-        return self.proc.returncode
-
-
 @contextmanager
-def sim_process(tmp_path: Path, *params: str) -> Iterator[SimProcess]:
-    """Run the sim; always terminated and reaped, even when the test fails."""
-    sim = SimProcess(tmp_path / "sim.log", params)
+def sim_process(tmp_path: Path, *params: str) -> Iterator[ChildProcess]:
+    """The sim node as a child process with the session's ROS environment, logging to a file
+    (a pipe nobody drains could fill up and block the child); always stopped and reaped."""
+    cmd = [sys.executable, "-m", "reflex_ros.sim.sim_node", "--ros-args", "-p", f"trajectory_topic:={TRAJ_TOPIC}"]
+    for p in params:
+        cmd += ["-p", p]
+    sim = ChildProcess(cmd, env=dict(os.environ), log_path=tmp_path / "sim.log").start()
     try:
         yield sim
     finally:
@@ -87,11 +59,11 @@ class Listener:
         self.node.create_subscription(Image, "/camera/front/image_raw", self.images.append, 10)
         self.traj_pub = self.node.create_publisher(JointTrajectory, TRAJ_TOPIC, 10)
 
-    def wait_for(self, condition: Callable[[], bool], timeout_s: float, what: str, sim: SimProcess) -> None:
+    def wait_for(self, condition: Callable[[], bool], timeout_s: float, what: str, sim: ChildProcess) -> None:
         deadline = time.monotonic() + timeout_s
         while not condition():
-            if sim.proc.poll() is not None:
-                pytest.fail(f"sim exited with {sim.proc.returncode} while waiting for {what}:\n{sim.log()}")
+            if not sim.alive:
+                pytest.fail(f"sim exited with {sim.returncode} while waiting for {what}:\n{sim.log()}")
             if time.monotonic() > deadline:
                 pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
             self.executor.spin_once(timeout_sec=0.05)
@@ -110,7 +82,7 @@ def listener() -> Iterator[Listener]:
 
 
 def stamp_ns(msg) -> int:
-    return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+    return _stamp_to_ns(msg.header.stamp)
 
 
 def positions_of(msg: JointState) -> np.ndarray:
@@ -119,13 +91,13 @@ def positions_of(msg: JointState) -> np.ndarray:
 
 def make_trajectory(start_ns: int, times_s: list[float], points: list[list[float]]) -> JointTrajectory:
     msg = JointTrajectory()
-    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(start_ns, 1_000_000_000)
+    msg.header.stamp.sec, msg.header.stamp.nanosec = ns_to_sec_nanosec(start_ns)
     msg.joint_names = JOINTS
     for t, p in zip(times_s, points, strict=True):
         ns = int(round(t * 1e9))
         msg.points.append(
             JointTrajectoryPoint(
-                positions=[float(v) for v in p], time_from_start=Duration(sec=ns // 10**9, nanosec=ns % 10**9)
+                positions=[float(v) for v in p], time_from_start=Duration(sec=ns_to_sec_nanosec(ns)[0], nanosec=ns_to_sec_nanosec(ns)[1])
             )
         )
     return msg
@@ -226,7 +198,7 @@ def test_bad_trajectories_are_rejected_and_the_node_keeps_running(listener: List
         )
         final = positions_of(listener.joint_states[-1])
         assert final[0] == pytest.approx(-0.5, abs=0.05)
-        assert sim.proc.poll() is None
+        assert sim.alive
         assert sim.stop() == 0
     out = sim.log()
     assert "trajectory rejected: point 0 has 2 positions for 6 joints" in out

@@ -1,9 +1,9 @@
 """How long the arm takes to follow a command, from motion it was commanded anyway.
 
 Given the commanded trajectory (what the node published, as ros2_control's
-joint_trajectory_controller executes it: piecewise-linear between points, a new trajectory
-replacing the old one from its start stamp) and the measured joint states, the actuation
-lag is the delay L for which "command delayed by L" best explains the measurement.
+joint_trajectory_controller executes it: :func:`reflex_ros.control.jtc.commanded_series`, the
+same model the simulated arm runs) and the measured joint states, the actuation lag is the
+delay L for which "command delayed by L" best explains the measurement.
 
 Robustness, and why:
 - Each joint's residual is de-meaned, so a constant offset (gravity sag, a servo's
@@ -135,59 +135,3 @@ def estimate_actuation_lag_ms(
     denom = c0 - 2.0 * c1 + c2
     offset = 0.5 * (c0 - c2) / denom if denom > 0 else 0.0
     return float(lags[best] + np.clip(offset, -0.5, 0.5) * (lags[1] - lags[0]))
-
-
-def commanded_trajectory(
-    segments: Sequence[tuple],
-) -> tuple[np.ndarray, np.ndarray]:
-    """Flatten successive trajectories into one commanded series, as a controller executes them.
-
-    ``segments``: ``(start_ns, time_from_start_ns[k], positions[k, J])`` or
-    ``(start_ns, time_from_start_ns[k], positions[k, J], arrival_ns)`` in arrival order.
-    A trajectory cannot act before it arrives: it takes over at ``max(start, arrival)``
-    (arrival = the node's publish time, or the bag's receive time) and runs until the next
-    one takes over (replacement, not splicing); its last point is held after it ends.
-    Without the arrival time a late chunk (stamp already past on arrival) would be credited
-    with motion it never commanded, and the lag estimate would grow by the lateness.
-    Returns ``(t_ns[n], positions[n, J])``.
-    """
-    parsed: list[tuple[int, np.ndarray, np.ndarray]] = []
-    for i, seg in enumerate(segments):
-        start_ns, offsets_ns, positions = seg[0], seg[1], seg[2]
-        arrival_ns = int(seg[3]) if len(seg) > 3 and seg[3] is not None else None
-        t = int(start_ns) + np.asarray(offsets_ns, dtype=np.int64)
-        p = np.asarray(positions, dtype=np.float64)
-        if p.ndim != 2 or p.shape[0] != t.size or t.size == 0:
-            raise ValueError(f"trajectory {i}: need [k, joints] positions for k = {t.size} points, got {p.shape}")
-        takeover = int(start_ns) if arrival_ns is None else max(int(start_ns), arrival_ns)
-        parsed.append((takeover, t, p))
-
-    def value_at(t: np.ndarray, p: np.ndarray, at: int) -> np.ndarray:
-        return np.array([[np.interp(at, t, p[:, j]) for j in range(p.shape[1])]])
-
-    times: list[np.ndarray] = []
-    values: list[np.ndarray] = []
-    for i, (takeover, t, p) in enumerate(parsed):
-        if takeover > t[0]:
-            # points before the takeover were never executed: start from where it stood then
-            keep = t > takeover
-            t = np.concatenate([np.array([takeover], dtype=np.int64), t[keep]])
-            p = np.concatenate([value_at(*parsed[i][1:], takeover), p[keep]])
-        if i + 1 < len(parsed):
-            next_takeover = parsed[i + 1][0]
-            cut = t < next_takeover
-            if not cut.any():
-                continue  # replaced before it took over
-            if not cut.all():
-                # Hold the position the controller had reached when the replacement took over.
-                at = next_takeover - 1
-                t, p = np.concatenate([t[cut], np.array([at], dtype=np.int64)]), np.concatenate([p[cut], value_at(t, p, at)])
-        times.append(t)
-        values.append(p)
-    if not times:
-        return np.zeros(0, dtype=np.int64), np.zeros((0, 0))
-    joint_counts = {v.shape[1] for v in values}
-    if len(joint_counts) != 1:
-        raise ValueError(f"trajectories disagree on the number of joints: {sorted(joint_counts)}")
-    t_all, p_all = np.concatenate(times), np.concatenate(values)
-    return _sorted_unique(t_all, p_all)

@@ -1,9 +1,10 @@
 """Read what calibration needs from a ROS 2 bag (sqlite3 or MCAP), without ROS.
 
-``rosbags`` (pure Python) reads the bag; the ROS layer's own ROS-free decoders
-(:mod:`reflex_ros.ros.conversions`) and approximate-time sync (:mod:`reflex_ros.ros.sync`)
-turn messages into observations exactly as the live node would, so a replayed observation
-is the one the node would have inferred on.
+``rosbags`` (pure Python) reads the bag; the node's own observation assembler
+(:class:`reflex_ros.control.observation.ObservationAssembler`: the camera decoders registered
+by message type, the joint state by name, the approximate-time sync) turns messages into
+observations exactly as the live node does, with the bag's receive time as the arrival time,
+so a replayed observation is the one the node would have inferred on.
 
 From one pass over the bag this collects:
 - observations: camera frames + joint state, synced with the node's slop, decimated evenly
@@ -23,10 +24,12 @@ from typing import Any
 
 import numpy as np
 
+from reflex_ros.control.inputs import CAMERA_DECODERS, JOINT_STATE_TYPE
+from reflex_ros.control.jtc import parse_joint_trajectory
+from reflex_ros.control.stamps import stamp_to_ns
 from reflex_ros.engine.types import Observation, ObservationError, ReflexError
+from reflex_ros.vocab import JOINT_STATES_TOPIC
 
-IMAGE_TYPE = "sensor_msgs/msg/Image"
-JOINT_STATE_TYPE = "sensor_msgs/msg/JointState"
 TRAJECTORY_TYPE = "trajectory_msgs/msg/JointTrajectory"
 ACTION_CHUNK_TYPE = "reflex_ros/msg/ActionChunk"
 STRING_TYPE = "std_msgs/msg/String"
@@ -50,6 +53,7 @@ class BagTopics:
     """The topics a replay uses."""
 
     camera_topics: tuple[str, ...]
+    camera_type: str
     joint_states_topic: str
     trajectory_topic: str | None = None
     action_chunk_topic: str | None = None
@@ -107,26 +111,32 @@ def select_topics(
 ) -> BagTopics:
     """Pick the topics to replay: given ones are checked, missing ones auto-detected by type.
 
-    Auto-detection takes every Image topic (sorted) when their number equals the export's
-    camera count, the only JointState topic (``/joint_states`` when several), and a
+    Auto-detection takes every camera topic (a type with a registered decoder, see
+    ``control/inputs``; sorted) when their number equals the export's camera count, the only
+    JointState topic (``/joint_states`` when several), and a
     JointTrajectory topic ending in ``/joint_trajectory`` (the node's) or the only one.
     Raises :class:`BagError` listing the bag's topics when something needed is missing.
     """
     if camera_topics:
         for name in camera_topics:
-            _require(topics, name, IMAGE_TYPE, "--camera-topics", path)
+            msgtype = topics[name].msgtype if name in topics else None
+            _require(topics, name, msgtype if msgtype in CAMERA_DECODERS else " or ".join(CAMERA_DECODERS),
+                     "--camera-topics", path)
         cameras = tuple(camera_topics)
     else:
-        found = _of_type(topics, IMAGE_TYPE)
+        found = sorted(t for msgtype in CAMERA_DECODERS for t in _of_type(topics, msgtype))
         if not found:
-            raise BagError(f"{path} has no {IMAGE_TYPE} topic to rebuild observations from; the bag has:\n"
-                           f"{format_topics(topics)}")
+            raise BagError(f"{path} has no camera topic ({', '.join(CAMERA_DECODERS)}) to rebuild observations "
+                           f"from; the bag has:\n{format_topics(topics)}")
         if len(found) != num_cameras:
             raise BagError(f"{path} has {len(found)} image topics ({', '.join(found)}) but the export expects "
                            f"{num_cameras} camera(s); pass --camera-topics in the export's camera order")
         cameras = tuple(found)
     if len(cameras) != num_cameras:
         raise BagError(f"--camera-topics gives {len(cameras)} topic(s) but the export expects {num_cameras} camera(s)")
+    camera_types = {topics[c].msgtype for c in cameras}
+    if len(camera_types) != 1:
+        raise BagError(f"the camera topics {list(cameras)} mix message types {sorted(camera_types)}; one type is served")
     if joint_states_topic:
         _require(topics, joint_states_topic, JOINT_STATE_TYPE, "--joint-states-topic", path)
         joints = joint_states_topic
@@ -134,9 +144,9 @@ def select_topics(
         found = _of_type(topics, JOINT_STATE_TYPE)
         if not found:
             raise BagError(f"{path} has no {JOINT_STATE_TYPE} topic; the bag has:\n{format_topics(topics)}")
-        if len(found) > 1 and "/joint_states" not in found:
+        if len(found) > 1 and JOINT_STATES_TOPIC not in found:
             raise BagError(f"{path} has several JointState topics ({', '.join(found)}); pass --joint-states-topic")
-        joints = "/joint_states" if "/joint_states" in found else found[0]
+        joints = JOINT_STATES_TOPIC if JOINT_STATES_TOPIC in found else found[0]
     if trajectory_topic:
         _require(topics, trajectory_topic, TRAJECTORY_TYPE, "--trajectory-topic", path)
         trajectory: str | None = trajectory_topic
@@ -146,7 +156,7 @@ def select_topics(
         trajectory = node[0] if node else (found[0] if len(found) == 1 else None)
     chunks = _of_type(topics, ACTION_CHUNK_TYPE)
     instructions = [t for t in _of_type(topics, STRING_TYPE) if t.endswith("instruction")]
-    return BagTopics(cameras, joints, trajectory, chunks[0] if chunks else None,
+    return BagTopics(cameras, camera_types.pop(), joints, trajectory, chunks[0] if chunks else None,
                      instructions[0] if instructions else None)
 
 
@@ -179,31 +189,20 @@ def bag_topics(reader: Any) -> dict[str, TopicInfo]:
     return {name: TopicInfo(str(info.msgtype), int(info.msgcount)) for name, info in reader.topics.items()}
 
 
-def _duration_ns(duration: Any) -> int:
-    return int(duration.sec) * 1_000_000_000 + int(duration.nanosec)
-
-
-def trajectory_segment(msg: Any, log_ns: int, joint_names: Sequence[str],
-                       stamp_to_ns: Any) -> tuple[int, np.ndarray, np.ndarray, int] | None:
+def trajectory_segment(msg: Any, log_ns: int, joint_names: Sequence[str]
+                       ) -> tuple[int, np.ndarray, np.ndarray, int] | None:
     """(start_ns, offsets_ns, positions[k, J], arrival_ns) of a JointTrajectory, columns by
-    joint name; arrival is the bag's log (receive) time, before which it cannot act.
-
-    A zero stamp means "start now" (the controller's receive time, here the bag's log time).
-    Returns None when the trajectory drives none of ``joint_names`` or has no positions.
-    """
-    index = {name: i for i, name in enumerate(msg.joint_names)}
-    columns = [index.get(name) for name in joint_names]
-    if all(c is None for c in columns) or not msg.points:
+    joint name (NaN for joints it does not drive); arrival is the bag's log (receive) time,
+    before which it cannot act. A zero stamp means "start now" (the receive time).
+    None when it is malformed, empty, or drives none of ``joint_names``."""
+    try:
+        trajectory = parse_joint_trajectory(msg)
+    except ValueError:
         return None
-    start = stamp_to_ns(msg.header.stamp) or int(log_ns)
-    offsets = np.array([_duration_ns(p.time_from_start) for p in msg.points], dtype=np.int64)
-    rows = []
-    for point in msg.points:
-        positions = np.asarray(point.positions, dtype=np.float64)
-        if positions.size != len(index):
-            return None
-        rows.append([positions[c] if c is not None else np.nan for c in columns])
-    return start, offsets, np.asarray(rows, dtype=np.float64), int(log_ns)
+    positions = trajectory.columns(joint_names)
+    if positions.size == 0 or np.isnan(positions).all():
+        return None
+    return trajectory.start_ns or int(log_ns), trajectory.times_from_start_ns, positions, int(log_ns)
 
 
 def read_bag(
@@ -220,8 +219,7 @@ def read_bag(
     max_observations: int = DEFAULT_MAX_OBSERVATIONS,
 ) -> BagData:
     """One pass over the bag (see the module docstring). Raises BagError on unusable input."""
-    from reflex_ros.ros.conversions import image_to_rgb, joint_state_to_vector, stamp_to_ns
-    from reflex_ros.ros.sync import ApproximateTimeSync
+    from reflex_ros.control.observation import ObservationAssembler
 
     path = Path(path).expanduser()
     reader = open_reader(path)
@@ -236,8 +234,8 @@ def read_bag(
             if optional:
                 wanted.add(optional)
         connections = [c for c in reader.connections if c.topic in wanted]
-        sync = ApproximateTimeSync([*chosen.camera_topics, chosen.joint_states_topic],
-                                   capacity={**{t: 8 for t in chosen.camera_topics}, chosen.joint_states_topic: 256})
+        assembler = ObservationAssembler(chosen.camera_topics, joint_names, joint_topic=chosen.joint_states_topic,
+                                         camera_type=chosen.camera_type, image_size=image_size, camera_capacity=8)
         slop_ns = int(slop_ms * 1e6)
         data = BagData(path, chosen, [], tuple(joint_names), np.zeros(0, dtype=np.int64),
                        np.zeros((0, len(joint_names))), [])
@@ -245,6 +243,11 @@ def read_bag(
         joint_rows: list[np.ndarray] = []
         used_stamps: set[int] = set()
         current_instruction = instruction
+
+        def reject(problem: str) -> None:
+            data.n_rejected += 1
+            data.first_rejection = data.first_rejection or problem
+
         first_ns = last_ns = None
         for connection, log_ns, raw in reader.messages(connections=connections):
             first_ns = log_ns if first_ns is None else first_ns
@@ -253,48 +256,41 @@ def read_bag(
             try:
                 msg = reader.deserialize(raw, connection.msgtype)
             except Exception as exc:
-                data.n_rejected += 1
-                data.first_rejection = data.first_rejection or f"{topic}: cannot deserialize ({exc})"
+                reject(f"{topic}: cannot deserialize ({exc})")
                 continue
             if topic == chosen.joint_states_topic:
-                stamp = stamp_to_ns(msg.header.stamp) or int(log_ns)
-                sync.add(topic, stamp, msg)
                 try:
-                    joint_rows.append(joint_state_to_vector(msg, list(joint_names), topic).astype(np.float64))
-                    joint_t.append(stamp)
+                    stamp, state = assembler.offer_joint_state(msg, log_ns)
                 except ObservationError as exc:
-                    data.n_rejected += 1
-                    data.first_rejection = data.first_rejection or str(exc)
+                    reject(str(exc))
+                    continue
+                joint_t.append(stamp)
+                joint_rows.append(state.astype(np.float64))
             elif topic in chosen.camera_topics:
-                stamp = stamp_to_ns(msg.header.stamp) or int(log_ns)
-                sync.add(topic, stamp, msg)
+                try:
+                    assembler.offer_camera(topic, msg, log_ns)
+                except ObservationError as exc:
+                    reject(str(exc))
+                    continue
                 if topic != pivot:
                     continue
                 data.n_frames += 1
                 if (data.n_frames - 1) % stride:
                     continue
-                synced = sync.latest_synced(slop_ns)
-                if synced is None or synced.stamp_ns in used_stamps:
+                assembled, rejected = assembler.assemble(slop_ns, current_instruction)
+                for _, exc in rejected:
+                    reject(str(exc))
+                if assembled is None or assembled.stamp_ns in used_stamps:
                     continue
-                used_stamps.add(synced.stamp_ns)
-                try:
-                    images = [image_to_rgb(synced.payloads[t], image_size, t) for t in chosen.camera_topics]
-                    state = joint_state_to_vector(synced.payloads[chosen.joint_states_topic], list(joint_names),
-                                                  chosen.joint_states_topic)
-                except ObservationError as exc:
-                    data.n_rejected += 1
-                    data.first_rejection = data.first_rejection or str(exc)
-                    continue
+                used_stamps.add(assembled.stamp_ns)
                 data.n_synced += 1
-                data.observations.append(Observation(images=images, state=state, instruction=current_instruction,
-                                                     stamp_ns=synced.stamp_ns))
+                data.observations.append(assembled.observation)
             elif topic == chosen.trajectory_topic:
-                segment = trajectory_segment(msg, log_ns, joint_names, stamp_to_ns)
+                segment = trajectory_segment(msg, log_ns, joint_names)
                 if segment is not None:
                     data.trajectories.append(segment)
             elif topic == chosen.action_chunk_topic:
-                dt_ns = _duration_ns(msg.dt)
-                obs_ns = stamp_to_ns(msg.header.stamp) - int(msg.skipped_steps) * dt_ns
+                obs_ns = stamp_to_ns(msg.header.stamp) - int(msg.skipped_steps) * stamp_to_ns(msg.dt)
                 if obs_ns > 0:
                     data.obs_to_publish_ms.append((int(log_ns) - obs_ns) / 1e6)
             elif topic == chosen.instruction_topic:

@@ -1,4 +1,5 @@
-"""PlannedChunk -> JointTrajectory / ActionChunk, built fast.
+"""The node's outgoing messages: PlannedChunk -> JointTrajectory / ActionChunk (built fast), the
+hold-position trajectory, /diagnostics, and rclpy Time/Duration from integer nanoseconds.
 
 rclpy validates every element of a Python list assigned to a float64[] field; an
 ``array.array`` of the right typecode is taken as is. Building a 50-point trajectory this way
@@ -19,9 +20,9 @@ from builtin_interfaces.msg import Duration, Time
 from rclpy.serialization import deserialize_message, serialize_message
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
+from reflex_ros.control.chunking import PlannedChunk
+from reflex_ros.control.stamps import ns_to_sec_nanosec
 from reflex_ros.msg import ActionChunk
-from reflex_ros.ros.chunking import PlannedChunk
-from reflex_ros.ros.conversions import ns_to_sec_nanosec
 
 
 def f64_array(values: np.ndarray) -> array.array:
@@ -218,3 +219,19 @@ def action_chunk_msg(plan: PlannedChunk, joint_names: Sequence[str], *, latency_
     msg.nfe = int(nfe)
     msg.model_hash = str(model_hash)
     return msg
+
+
+def build_diagnostic_array(*, stamp_ns: int, node_name: str, hardware_id: str, level: str, message: str,
+                           values: dict[str, str]):
+    """A DiagnosticArray with one status; ``level`` is OK / WARN / ERROR / STALE."""
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
+    levels = {"OK": DiagnosticStatus.OK, "WARN": DiagnosticStatus.WARN,
+              "ERROR": DiagnosticStatus.ERROR, "STALE": DiagnosticStatus.STALE}
+    status = DiagnosticStatus(level=levels[level], name=f"{node_name}: policy", message=message,
+                              hardware_id=hardware_id)
+    status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
+    arr = DiagnosticArray()
+    arr.header.stamp = time_msg(stamp_ns)
+    arr.status = [status]
+    return arr

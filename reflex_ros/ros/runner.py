@@ -20,20 +20,20 @@ Top-level imports are stdlib only (``reflex-ros --help`` stays instant).
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import os
 import signal
-import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from reflex_ros.ros.process import ChildProcess, stop_on_signals
+from reflex_ros.vocab import NODE_NAME
+
 NODE_MODULE = "reflex_ros.ros.policy_node"
-DEFAULT_NODE_NAME = "reflex_policy"
+DEFAULT_NODE_NAME = NODE_NAME
 # Settings the node and the runner's client must agree on to see each other over DDS.
 PROPAGATED_ENV = ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_STATIC_PEERS",
                   "ROS_LOCALHOST_ONLY", "RMW_IMPLEMENTATION", "AMENT_PREFIX_PATH")
@@ -59,6 +59,15 @@ def ros_environment(base: Mapping[str, str] | None = None, *, domain_id: int | N
     if overrides:
         env.update(overrides)
     return env
+
+
+def node_topic(private_topic: str, node_name: str = NODE_NAME, namespace: str = "") -> str:
+    """A node's private topic (``~/joint_trajectory``) as others see it
+    (``/reflex_policy/joint_trajectory``); other topics are returned unchanged."""
+    if not private_topic.startswith("~/"):
+        return private_topic
+    ns = namespace.strip("/")
+    return f"/{ns + '/' if ns else ''}{node_name}/{private_topic[2:]}"
 
 
 def default_params_file() -> Path | None:
@@ -128,10 +137,9 @@ class PolicyNodeProcess:
         self.fqn = f"/{ns}/{node_name}" if ns else f"/{node_name}"
         self.autostart = autostart
         self._log = log if log is not None else (lambda line: print(line, file=sys.stderr, flush=True))
-        self.lines: collections.deque[str] = collections.deque(maxlen=5000)
-        self._lines_cv = threading.Condition()
-        self._proc: subprocess.Popen[str] | None = None
-        self._reader: threading.Thread | None = None
+        self.child = ChildProcess(self.command, env=self.env, on_line=self._log)
+        self.lines = self.child.lines
+        self._started = False
         self._ctx = None
         self._client_node = None
         self._executor = None
@@ -141,62 +149,36 @@ class PolicyNodeProcess:
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
+        return self.child.pid
 
     @property
     def alive(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+        return self.child.alive
 
     @property
     def returncode(self) -> int | None:
-        return None if self._proc is None else self._proc.poll()
-
-    def _read_output(self) -> None:
-        assert self._proc is not None and self._proc.stdout is not None
-        for raw in self._proc.stdout:
-            line = raw.rstrip("\n")
-            with self._lines_cv:
-                self.lines.append(line)
-                self._lines_cv.notify_all()
-            try:
-                self._log(line)
-            except Exception:  # a broken sink must not stop the log reader
-                pass
-        with self._lines_cv:
-            self._lines_cv.notify_all()
+        return self.child.returncode
 
     def wait_for_log(self, text: str, timeout_s: float = 30.0, start: int = 0) -> str | None:
         """The first line (from index ``start`` of :attr:`lines`) containing ``text``."""
-        deadline = time.monotonic() + timeout_s
-        with self._lines_cv:
-            while True:
-                for line in list(self.lines)[start:]:
-                    if text in line:
-                        return line
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or (not self.alive and self._reader is not None and not self._reader.is_alive()):
-                    return None
-                self._lines_cv.wait(min(remaining, 0.2))
+        return self.child.wait_for_log(text, timeout_s, start)
 
     def _tail(self, n: int = 15) -> str:
-        return "\n".join(list(self.lines)[-n:])
+        return self.child.tail(n)
 
     def start(self, timeout_s: float = 90.0) -> PolicyNodeProcess:
         """Spawn the node and wait for its lifecycle services."""
-        if self._proc is not None:
+        if self._started:
             raise NodeProcessError("already started")
-        self._proc = subprocess.Popen(
-            self.command, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            bufsize=1, start_new_session=True)
-        self._reader = threading.Thread(target=self._read_output, name="reflex_node_log", daemon=True)
-        self._reader.start()
+        self._started = True
+        self.child.start()
         self._init_client()
         deadline = time.monotonic() + timeout_s
         for name in ("change_state", "get_state"):
             client = self._clients[name]
             while not client.wait_for_service(timeout_sec=0.25):
                 if not self.alive:
-                    self._reader.join(timeout=5)
+                    self.child.stop()
                     raise NodeProcessError(
                         f"policy node exited with code {self.returncode} before its services came up:\n{self._tail()}")
                 if time.monotonic() > deadline:
@@ -284,7 +266,7 @@ class PolicyNodeProcess:
     def stop(self, timeout_s: float = 60.0) -> int:
         """deactivate -> cleanup -> shutdown as the state requires, then reap the process
         (SIGINT, then SIGKILL if it will not go). Returns the exit code."""
-        if self._proc is None:
+        if not self._started:
             return 0
         if self.alive and self._executor is not None:
             steps = {"active": ("deactivate", "cleanup", "shutdown"), "inactive": ("cleanup", "shutdown"),
@@ -294,33 +276,14 @@ class PolicyNodeProcess:
                     self.transition(label, timeout_s=timeout_s)
             except NodeProcessError as exc:
                 self._log(f"[reflex-ros run] orderly shutdown incomplete: {exc}")
-        self._reap(timeout_s)
+        # after shutdown the node exits by itself; SIGINT (then SIGKILL) if it does not
+        code = self.child.stop(signal.SIGINT, timeout_s=15.0, grace_s=timeout_s)
         self._close_client()
-        return self._proc.returncode
-
-    def _reap(self, timeout_s: float) -> None:
-        assert self._proc is not None
-        try:
-            self._proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self._proc.send_signal(signal.SIGINT)
-            try:
-                self._proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait(timeout=15)
-        if self._reader is not None:
-            self._reader.join(timeout=5)
+        return code
 
     def kill(self) -> None:
         """Last resort (tests' finalizers): no transitions, just end the process."""
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait(timeout=15)
+        self.child.stop(signal.SIGTERM, timeout_s=15.0)
         self._close_client()
 
     def _close_client(self) -> None:
@@ -386,40 +349,36 @@ def _run(args: argparse.Namespace) -> int:
         if not params_file.is_file():
             print(f"reflex-ros run: params file {str(params_file)!r} does not exist", file=sys.stderr)
             return 2
-    stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     node = PolicyNodeProcess(
         export_dir, embodiment=args.embodiment, params_file=params_file,
         auto_calibrate=True if args.auto_calibrate else None, node_name=args.node_name,
         namespace=args.namespace, ros_args=args.ros_args)
-    try:
+    with stop_on_signals() as stop:
         try:
-            node.start()
-            node.configure()
-            if stop.is_set():
-                raise KeyboardInterrupt
-            node.activate()
-        except NodeProcessError as exc:
-            print(f"reflex-ros run: {exc}", file=sys.stderr)
-            node.stop(timeout_s=30.0)
-            return 2
-        except KeyboardInterrupt:
-            node.stop()
-            return 0
-        print(f"[reflex-ros run] {node.fqn} active; Ctrl-C to stop", file=sys.stderr, flush=True)
-        while not stop.is_set() and node.alive:
-            stop.wait(0.2)
-        if not node.alive:
-            print(f"reflex-ros run: the node exited unexpectedly (code {node.returncode})", file=sys.stderr)
+            try:
+                node.start()
+                node.configure()
+                if stop.is_set():
+                    raise KeyboardInterrupt
+                node.activate()
+            except NodeProcessError as exc:
+                print(f"reflex-ros run: {exc}", file=sys.stderr)
+                node.stop(timeout_s=30.0)
+                return 2
+            except KeyboardInterrupt:
+                node.stop()
+                return 0
+            print(f"[reflex-ros run] {node.fqn} active; Ctrl-C to stop", file=sys.stderr, flush=True)
+            while not stop.is_set() and node.alive:
+                stop.wait(0.2)
+            if not node.alive:
+                print(f"reflex-ros run: the node exited unexpectedly (code {node.returncode})", file=sys.stderr)
+                return 1
+            print("[reflex-ros run] stopping: deactivate -> cleanup -> shutdown", file=sys.stderr, flush=True)
+            code = node.stop()
+            return 0 if code == 0 else 1
+        finally:
             node.kill()
-            return 1
-        print("[reflex-ros run] stopping: deactivate -> cleanup -> shutdown", file=sys.stderr, flush=True)
-        code = node.stop()
-        return 0 if code == 0 else 1
-    finally:
-        node.kill()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def main(argv: Iterable[str] | None = None) -> int:

@@ -22,63 +22,65 @@ Run it with ``reflex-ros sim`` or ``python -m reflex_ros.sim.sim_node --ros-args
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 import threading
 import time
 from dataclasses import dataclass
 
 import numpy as np
-import rclpy
-from builtin_interfaces.msg import Time as TimeMsg
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
-from rclpy.exceptions import ParameterUninitializedException
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
-from rclpy.signals import SignalHandlerOptions
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import Image, JointState
 from trajectory_msgs.msg import JointTrajectory
 
+from reflex_ros.control.jtc import TrajectoryExecutor, parse_joint_trajectory
+from reflex_ros.control.params import ParamSpec
+from reflex_ros.ros.messages import time_msg
+from reflex_ros.ros.params import NODE_OPTIONS, declare_parameters, parameter_values
+from reflex_ros.ros.process import ros_context, spin_until
+from reflex_ros.ros.runner import node_topic
 from reflex_ros.sim.arm import DEFAULT_CAMERA, ArmRenderer, SimArm
-from reflex_ros.sim.trajectory_executor import CommandDelayLine, TimedTrajectory, TrajectoryExecutor
+from reflex_ros.sim.delay_line import CommandDelayLine
+from reflex_ros.vocab import JOINT_STATES_TOPIC, TRAJECTORY_TOPIC
 
 NODE_NAME = "so101_sim"
-DEFAULT_TRAJECTORY_TOPIC = "/reflex_policy/joint_trajectory"
+DEFAULT_TRAJECTORY_TOPIC = node_topic(TRAJECTORY_TOPIC)  # the policy node's
 # Physics may fall this far behind the wall clock (a loaded machine) before it stops
 # catching up and jumps ahead instead (the world freezes for the gap; stamps stay true).
 MAX_CATCH_UP_NS = 500_000_000
 STEPS_PER_BURST = 25  # then yield the GIL so the ROS executor and renderer keep running
 LOG_THROTTLE_S = 2.0
 
-
-def ns_to_time_msg(ns: int) -> TimeMsg:
-    return TimeMsg(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
-
-
-def time_msg_to_ns(stamp: TimeMsg) -> int:
-    return stamp.sec * 1_000_000_000 + stamp.nanosec
-
-
-def trajectory_from_msg(msg: JointTrajectory) -> TimedTrajectory:
-    """JointTrajectory -> TimedTrajectory; raises ValueError naming the malformed point."""
-    names = tuple(msg.joint_names)
-    times = []
-    rows = []
-    for i, point in enumerate(msg.points):
-        if len(point.positions) != len(names):
-            raise ValueError(
-                f"point {i} has {len(point.positions)} positions for {len(names)} joints "
-                "(this arm executes position trajectories)"
-            )
-        times.append(point.time_from_start.sec * 1_000_000_000 + point.time_from_start.nanosec)
-        rows.append(point.positions)
-    positions = np.asarray(rows, dtype=np.float64).reshape(len(rows), len(names))
-    return TimedTrajectory(
-        names, np.asarray(times, dtype=np.int64), positions, time_msg_to_ns(msg.header.stamp)
-    )
+# The sim's parameters; everything but actuation_delay_ms is fixed at start-up.
+SIM_PARAMS: tuple[ParamSpec, ...] = (
+    ParamSpec("joint_state_rate_hz", float, 100.0, "JointState publish rate (sim time)", read_only=True,
+              bounds=(1.0, 500.0)),
+    ParamSpec("camera_rate_hz", float, 15.0, "camera frame rate (sim time); 0 disables the camera", read_only=True,
+              bounds=(0.0, 60.0)),
+    ParamSpec("image_size", int, 128, "square image side in pixels", read_only=True, bounds=(16, 1024)),
+    ParamSpec("camera", str, DEFAULT_CAMERA, "MJCF camera to render", read_only=True),
+    ParamSpec("image_topic", str, "", "image topic; empty = /camera/<camera>/image_raw", read_only=True),
+    ParamSpec("joint_states_topic", str, JOINT_STATES_TOPIC, "JointState output topic", read_only=True),
+    ParamSpec("trajectory_topic", str, DEFAULT_TRAJECTORY_TOPIC,
+              "JointTrajectory input topic (executed like ros2_control JTC)", read_only=True),
+    ParamSpec("actuation_delay_ms", float, 0.0, "delay between the executor's command and the actuators "
+              "(bus/servo lag); live", bounds=(0.0, 2000.0)),
+    ParamSpec("open_loop_control", bool, False, "start each new trajectory from the last command instead of the "
+              "measured state (JTC open_loop_control)", read_only=True),
+    ParamSpec("defer_future_trajectories", bool, False, "a future-stamped trajectory waits for its stamp while the "
+              "active one keeps running (JTC trajectory deferral); false = it takes over on arrival "
+              "(Humble/Jazzy JTC)", read_only=True),
+    ParamSpec("initial_positions", "float[]", None, "start pose, one value per joint; empty = zeros",
+              read_only=True),
+    ParamSpec("publish_clock", bool, False, "publish /clock from sim time (starts at 0)", read_only=True),
+    ParamSpec("real_time_factor", float, 1.0, "sim seconds per wall second; != 1 needs publish_clock",
+              read_only=True, bounds=(0.05, 20.0)),
+    ParamSpec("clock_rate_hz", float, 250.0, "/clock publish rate (sim time)", read_only=True, bounds=(10.0, 1000.0)),
+)
 
 
 @dataclass
@@ -117,28 +119,13 @@ class _RenderSlot:
         return item
 
 
-def _float_param(description: str, lo: float, hi: float, read_only: bool = True) -> ParameterDescriptor:
-    return ParameterDescriptor(
-        description=description,
-        read_only=read_only,
-        floating_point_range=[FloatingPointRange(from_value=lo, to_value=hi, step=0.0)],
-    )
-
-
-def _int_param(description: str, lo: int, hi: int) -> ParameterDescriptor:
-    return ParameterDescriptor(
-        description=description,
-        read_only=True,
-        integer_range=[IntegerRange(from_value=lo, to_value=hi, step=1)],
-    )
-
-
 class SimNode(Node):
     """MuJoCo SO-101 arm executing JointTrajectory messages with JTC semantics."""
 
     def __init__(self, **node_kwargs) -> None:
-        super().__init__(NODE_NAME, **node_kwargs)
-        p = self._declare_parameters()
+        super().__init__(NODE_NAME, **{**node_kwargs, **NODE_OPTIONS})
+        declare_parameters(self, SIM_PARAMS)
+        p = parameter_values(self, [spec.name for spec in SIM_PARAMS])
         self.arm = SimArm()
         names = self.arm.joint_names
         initial = np.zeros(len(names))
@@ -201,84 +188,6 @@ class SimNode(Node):
         )
 
     # ---------------------------------------------------------------- parameters
-    def _declare_parameters(self) -> dict:
-        specs = {
-            "joint_state_rate_hz": (100.0, _float_param("JointState publish rate (sim time)", 1.0, 500.0)),
-            "camera_rate_hz": (
-                15.0,
-                _float_param("camera frame rate (sim time); 0 disables the camera", 0.0, 60.0),
-            ),
-            "image_size": (128, _int_param("square image side in pixels", 16, 1024)),
-            "camera": (
-                DEFAULT_CAMERA,
-                ParameterDescriptor(description="MJCF camera to render", read_only=True),
-            ),
-            "image_topic": (
-                "",
-                ParameterDescriptor(
-                    description="image topic; empty = /camera/<camera>/image_raw", read_only=True
-                ),
-            ),
-            "joint_states_topic": (
-                "/joint_states",
-                ParameterDescriptor(description="JointState output topic", read_only=True),
-            ),
-            "trajectory_topic": (
-                DEFAULT_TRAJECTORY_TOPIC,
-                ParameterDescriptor(
-                    description="JointTrajectory input topic (executed like ros2_control JTC)", read_only=True
-                ),
-            ),
-            "actuation_delay_ms": (
-                0.0,
-                _float_param(
-                    "delay between the executor's command and the actuators (bus/servo lag); live",
-                    0.0,
-                    2000.0,
-                    read_only=False,
-                ),
-            ),
-            "open_loop_control": (
-                False,
-                ParameterDescriptor(
-                    description="start each new trajectory from the last command instead of the measured state (JTC open_loop_control)",
-                    read_only=True,
-                ),
-            ),
-            "defer_future_trajectories": (
-                False,
-                ParameterDescriptor(
-                    description="a future-stamped trajectory waits for its stamp while the active one keeps running "
-                    "(JTC trajectory deferral); false = it takes over on arrival (Humble/Jazzy JTC)",
-                    read_only=True,
-                ),
-            ),
-            "initial_positions": (
-                Parameter.Type.DOUBLE_ARRAY,
-                ParameterDescriptor(
-                    description="start pose, one value per joint; empty = zeros", read_only=True
-                ),
-            ),
-            "publish_clock": (
-                False,
-                ParameterDescriptor(description="publish /clock from sim time (starts at 0)", read_only=True),
-            ),
-            "real_time_factor": (
-                1.0,
-                _float_param("sim seconds per wall second; != 1 needs publish_clock", 0.05, 20.0),
-            ),
-            "clock_rate_hz": (250.0, _float_param("/clock publish rate (sim time)", 10.0, 1000.0)),
-        }
-        values = {}
-        for name, (default, descriptor) in specs.items():
-            self.declare_parameter(name, default, descriptor)
-            try:
-                values[name] = self.get_parameter(name).value
-            except ParameterUninitializedException:  # a typed parameter nobody set
-                values[name] = None
-        values["initial_positions"] = list(values["initial_positions"] or [])
-        return values
-
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
         for param in params:
             if param.name == "actuation_delay_ms":
@@ -300,7 +209,7 @@ class SimNode(Node):
     # ---------------------------------------------------------------- trajectories
     def _on_trajectory(self, msg: JointTrajectory) -> None:
         try:
-            trajectory = trajectory_from_msg(msg)
+            trajectory = parse_joint_trajectory(msg)
         except ValueError as exc:
             self.stats.trajectories_rejected += 1
             self.get_logger().error(f"trajectory rejected: {exc}", throttle_duration_sec=LOG_THROTTLE_S)
@@ -381,7 +290,7 @@ class SimNode(Node):
                 stamp_ns = self._epoch_ns + self._sim_ns
                 if state is not None:
                     next_js_ns += self._js_period_ns
-                    js.header.stamp = ns_to_time_msg(stamp_ns)
+                    js.header.stamp = time_msg(stamp_ns)
                     js.position = state.positions.tolist()
                     js.velocity = state.velocities.tolist()
                     js.effort = state.efforts.tolist()
@@ -393,7 +302,7 @@ class SimNode(Node):
                         self.stats.frames_skipped += 1
                 if self._clock_pub is not None and self._sim_ns >= next_clock_ns:
                     next_clock_ns += self._clock_period_ns
-                    self._clock_pub.publish(Clock(clock=ns_to_time_msg(stamp_ns)))
+                    self._clock_pub.publish(Clock(clock=time_msg(stamp_ns)))
             ahead_ns = self._sim_ns + step_ns - self._target_sim_ns(mono0_ns)
             # Sleep until the next step is due (in wall time); sleep(0) just yields the GIL.
             time.sleep(max(0.0, ahead_ns / 1e9 / (self._rtf if self._publish_clock else 1.0)))
@@ -422,7 +331,7 @@ class SimNode(Node):
                     continue
                 stamp_ns, qpos = item
                 pixels = renderer.render(qpos)
-                image.header.stamp = ns_to_time_msg(stamp_ns)
+                image.header.stamp = time_msg(stamp_ns)
                 image.data = pixels.tobytes()
                 self._image_pub.publish(image)
                 self.stats.frames += 1
@@ -433,31 +342,23 @@ class SimNode(Node):
 def run_sim(ros_args: list[str] | None = None, duration_s: float | None = None) -> int:
     """Run the sim node until ``duration_s`` elapses, Ctrl-C or SIGTERM. Returns an exit code.
 
-    Signals only set a flag: rclpy's own handlers would invalidate the context while the
-    physics and render threads still publish; here they are stopped first, then rclpy.
+    The physics and render threads are stopped before rclpy (see ros/process.py).
     """
-    rclpy.init(args=["reflex-ros-sim", *(ros_args or [])], signal_handler_options=SignalHandlerOptions.NO)
-    stop = threading.Event()
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
-    node = None
-    try:
+    with ros_context(["reflex-ros-sim", *(ros_args or [])]) as stop:
         try:
             node = SimNode()
         except ValueError as exc:
             print(f"reflex-ros sim: {exc}", file=sys.stderr)
             return 2
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        node.start()
-        deadline = None if duration_s is None else time.monotonic() + duration_s
-        while not stop.is_set() and rclpy.ok() and (deadline is None or time.monotonic() < deadline):
-            executor.spin_once(timeout_sec=0.1)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
+        try:
+            executor = SingleThreadedExecutor()
+            executor.add_node(node)
+            node.start()
+            deadline = None if duration_s is None else time.monotonic() + duration_s
+            spin_until(executor, lambda: stop.is_set() or (deadline is not None and time.monotonic() >= deadline))
+        except (KeyboardInterrupt, ExternalShutdownException):
+            pass
+        finally:
             node.stop()
             s = node.stats
             print(
@@ -468,9 +369,6 @@ def run_sim(ros_args: list[str] | None = None, duration_s: float | None = None) 
                 flush=True,
             )
             node.destroy_node()
-        rclpy.try_shutdown()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
     return 0
 
 

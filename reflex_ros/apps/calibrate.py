@@ -19,6 +19,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from reflex_ros.vocab import DEFAULT_CALIBRATION_CACHE, ENGINES, ONNX
+
 MIN_CHUNK_SAMPLES = 10
 
 
@@ -34,20 +36,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--export", required=True, metavar="DIR", help="export directory (reflex-ros export)")
     parser.add_argument("--embodiment", required=True, metavar="NAME", help="embodiment preset name or yaml path")
     parser.add_argument("--camera-topics", nargs="+", default=None, metavar="TOPIC",
-                        help="sensor_msgs/Image topics in the export's camera order (default: auto-detect)")
+                        help="camera topics (sensor_msgs/Image) in the export's camera order (default: auto-detect)")
     parser.add_argument("--joint-states-topic", default=None, metavar="TOPIC",
                         help="sensor_msgs/JointState topic (default: auto-detect, /joint_states preferred)")
     parser.add_argument("--trajectory-topic", default=None, metavar="TOPIC",
                         help="trajectory_msgs/JointTrajectory topic (default: the one ending in /joint_trajectory)")
     parser.add_argument("--calibration-cache", default=None, metavar="PATH",
-                        help="cache file (default ~/.reflex/calibration.json)")
+                        help=f"cache file (default {DEFAULT_CALIBRATION_CACHE})")
     parser.add_argument("--iters", type=int, default=100, metavar="N", help="timed iterations (default 100)")
     parser.add_argument("--warmup-iters", type=int, default=10, metavar="N", help="untimed warm-up iterations")
     parser.add_argument("--instruction", default="calibration",
                         help="instruction when the bag has no ~/instruction topic")
     parser.add_argument("--sync-slop-ms", type=float, default=25.0, help="approximate-time sync window (ms)")
     parser.add_argument("--max-lag-ms", type=float, default=300.0, help="longest actuation lag searched (ms)")
-    parser.add_argument("--engine", choices=("onnx", "torch"), default="onnx", help="runtime to measure")
+    parser.add_argument("--engine", choices=ENGINES, default=ONNX, help="runtime to measure")
     parser.add_argument("--provider", default=None, help="execution provider / device (default: best available)")
     parser.set_defaults(func=run_calibrate)
 
@@ -60,11 +62,12 @@ def _fail(message: str, code: int = 2) -> int:
 def run_calibrate(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from reflex_ros.calibration.actuation_lag import commanded_trajectory, estimate_actuation_lag_ms
+    from reflex_ros.calibration.actuation_lag import estimate_actuation_lag_ms
     from reflex_ros.calibration.cache import CalibrationCache
-    from reflex_ros.calibration.embodiment import load_embodiment
     from reflex_ros.calibration.measure import measure_engine
     from reflex_ros.calibration.session import CalibrationSession
+    from reflex_ros.control.embodiment import load_embodiment
+    from reflex_ros.control.jtc import commanded_series
     from reflex_ros.engine.bundle import model_hash
     from reflex_ros.engine.loader import load_engine
     from reflex_ros.engine.types import ReflexError
@@ -109,7 +112,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
         lag_ms = None
         if data.trajectories and data.joint_t_ns.size:
-            cmd_t, cmd_pos = commanded_trajectory(data.trajectories)
+            cmd_t, cmd_pos = commanded_series(data.trajectories)
             commanded = np.all(np.isfinite(cmd_pos), axis=0) if cmd_pos.size else np.zeros(0, dtype=bool)
             if commanded.any():
                 lag_ms = estimate_actuation_lag_ms(cmd_t, cmd_pos[:, commanded], data.joint_t_ns,

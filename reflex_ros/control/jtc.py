@@ -1,35 +1,37 @@
-"""Execute JointTrajectory commands the way ros2_control's joint_trajectory_controller does.
+"""The one model of ros2_control's joint_trajectory_controller (JTC), positions only.
 
-ROS-free on purpose: the sim node converts messages into :class:`TimedTrajectory` and asks
-:meth:`TrajectoryExecutor.sample` for the command at each physics step, so the semantics
-that the policy node's stamping relies on can be unit-tested without DDS or MuJoCo.
+The simulated arm executes trajectories with it (:class:`TrajectoryExecutor`, sampled at each
+physics step) and the actuation-lag estimator replays what the node published through it
+(:func:`commanded_series`), so what the arm did and what the calibrator assumes it did
+cannot drift apart. ROS-free: :func:`parse_joint_trajectory` reads rclpy and rosbags
+messages alike.
 
-Semantics (JTC, positions only):
+Semantics:
 
 * The trajectory's time axis starts at ``start_ns`` (``header.stamp``); ``0`` means "now".
 * Between the message's arrival and the first point's time, the command moves linearly from
   the state at arrival to the first point. A future stamp therefore "waits": the command at
   arrival is the arrival state and reaches point 0 exactly at ``start + time_from_start[0]``.
-  (With ``defer_future`` the previous trajectory keeps running until the stamp instead,
-  see :class:`TrajectoryExecutor`.)
+* With ``defer_future`` (ros2_controllers' trajectory deferral, ROS 1 JTC) a future-stamped
+  trajectory waits instead while the active one keeps running, and takes over at its stamp
+  from the command at that instant: a trajectory takes over at ``max(stamp, arrival)``.
 * Between points the command is interpolated linearly by ``time_from_start``.
 * A new trajectory replaces the previous one (no splicing); after its last point the
   command holds the last point.
 * A non-zero stamp whose whole trajectory lies in the past is rejected.
 * Joints are matched by name: unknown names are reported (and ignored), joints absent from
   the message keep holding their last command.
-
-:class:`CommandDelayLine` then delays the executor's output before it reaches the actuators,
-standing in for a real arm's bus and servo lag (what the calibrator must discover).
 """
 
 from __future__ import annotations
 
-import collections
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+
+from reflex_ros.control.stamps import stamp_to_ns
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,32 @@ class TimedTrajectory:
     times_from_start_ns: np.ndarray
     positions: np.ndarray
     start_ns: int = 0
+
+    def columns(self, joint_names: Sequence[str]) -> np.ndarray:
+        """``positions`` for ``joint_names`` in that order; NaN where the message has no such joint."""
+        index = {name: i for i, name in enumerate(self.joint_names)}
+        out = np.full((len(self.times_from_start_ns), len(joint_names)), np.nan)
+        for j, name in enumerate(joint_names):
+            if name in index:
+                out[:, j] = self.positions[:, index[name]]
+        return out
+
+
+def parse_joint_trajectory(msg: Any) -> TimedTrajectory:
+    """``trajectory_msgs/JointTrajectory`` (rclpy or rosbags) -> :class:`TimedTrajectory`.
+
+    Raises ValueError naming the malformed point (a point must have one position per joint).
+    """
+    names = tuple(msg.joint_names)
+    times = np.empty(len(msg.points), dtype=np.int64)
+    positions = np.empty((len(msg.points), len(names)), dtype=np.float64)
+    for i, point in enumerate(msg.points):
+        if len(point.positions) != len(names):
+            raise ValueError(f"point {i} has {len(point.positions)} positions for {len(names)} joints "
+                             "(position trajectories only)")
+        times[i] = stamp_to_ns(point.time_from_start)
+        positions[i] = point.positions
+    return TimedTrajectory(names, times, positions, stamp_to_ns(msg.header.stamp))
 
 
 @dataclass(frozen=True)
@@ -66,19 +94,27 @@ class _ActiveTrajectory:
     point_times_ns: np.ndarray  # (N,) absolute times of the points
     points: np.ndarray  # (N, J)
 
-    def evaluate(self, t_ns: int) -> np.ndarray:
+    def evaluate(self, t_ns: np.ndarray) -> np.ndarray:
+        """Commands ``(len(t_ns), J)`` at the times ``t_ns``."""
+        t = np.asarray(t_ns, dtype=np.int64).reshape(-1)
         times, points = self.point_times_ns, self.points
-        if t_ns < times[0]:
-            if t_ns <= self.arrival_ns:
-                return self.arrival_positions.copy()
+        if times.size == 1:
+            out = np.repeat(points[:1], t.size, axis=0)
+        else:
+            # times[k-1] <= t < times[k]; differences in int64 first, so 1e18-ns stamps keep ns precision
+            k = np.clip(np.searchsorted(times, t, side="right"), 1, times.size - 1)
+            alpha = np.clip((t - times[k - 1]) / (times[k] - times[k - 1]), 0.0, 1.0)
+            out = points[k - 1] + alpha[:, None] * (points[k] - points[k - 1])
+            out[t >= times[-1]] = points[-1]
+        before = t < times[0]
+        if before.any():
             # before the first point: from the state at takeover towards point 0
-            alpha = (t_ns - self.arrival_ns) / (times[0] - self.arrival_ns)
-            return self.arrival_positions + alpha * (points[0] - self.arrival_positions)
-        if t_ns >= times[-1]:
-            return points[-1].copy()
-        k = int(np.searchsorted(times, t_ns, side="right"))  # times[k-1] <= t < times[k]
-        alpha = (t_ns - times[k - 1]) / (times[k] - times[k - 1])
-        return points[k - 1] + alpha * (points[k] - points[k - 1])
+            span = times[0] - self.arrival_ns
+            alpha = np.clip((t[before] - self.arrival_ns) / span, 0.0, 1.0) if span > 0 else np.zeros(before.sum())
+            origin = self.arrival_positions
+            out[before] = origin + alpha[:, None] * (points[0] - origin)
+            out[before & (t <= self.arrival_ns)] = origin
+        return out
 
 
 @dataclass
@@ -97,10 +133,9 @@ class TrajectoryExecutor:
 
     ``defer_future``: off (default) is the Humble/Jazzy JTC: a new message takes over on
     arrival, ramping from the arrival state to its first point. On is the JTC with trajectory
-    deferral (ROS 1, and ros2_controllers' replacement mode): a message stamped in the future
-    waits, the active trajectory keeps running until that stamp, and then the new one takes
-    over from the command at that instant; a later-arriving message with an earlier start
-    drops pending ones that start after it.
+    deferral: a message stamped in the future waits, the active trajectory keeps running
+    until that stamp, and then the new one takes over from the command at that instant; a
+    later-arriving message with an earlier start drops pending ones that start after it.
 
     Not thread-safe: the sim node guards it with its own lock (messages arrive on the ROS
     executor thread, samples are taken on the physics thread).
@@ -219,43 +254,85 @@ class TrajectoryExecutor:
         full[:, ~mentioned] = origin[~mentioned]
         return _ActiveTrajectory(takeover_ns, origin, point_times, full)
 
-    def sample(self, t_ns: int) -> np.ndarray:
-        """The position command for time ``t_ns`` (and remember it as the last command)."""
+    def _take_due(self, t_ns: int) -> None:
+        """Pending trajectories whose start has come take over (splice from the command then)."""
         while self._pending and self._pending[0].start_ns <= t_ns:
             due = self._pending.pop(0)
-            # Splice: the new trajectory takes over from where the old command is at its start.
-            origin = (
-                self._active.evaluate(due.start_ns) if self._active is not None else self._last_command.copy()
-            )
+            origin = (self._active.evaluate(due.start_ns)[0] if self._active is not None
+                      else self._last_command.copy())
             self._active = self._expand(due.start_ns, origin, due.point_times_ns, due.points, due.mentioned)
-        if self._active is None:
-            return self._last_command.copy()
-        self._last_command = self._active.evaluate(t_ns)
-        return self._last_command.copy()
+
+    def sample(self, t_ns: int) -> np.ndarray:
+        """The position command for time ``t_ns`` (and remember it as the last command)."""
+        return self.sample_many(np.array([t_ns], dtype=np.int64))[0].copy()
+
+    def sample_many(self, t_ns: np.ndarray) -> np.ndarray:
+        """Commands ``(n, J)`` at non-decreasing times, exactly as ``n`` calls of :meth:`sample`."""
+        t = np.asarray(t_ns, dtype=np.int64).reshape(-1)
+        out = np.empty((t.size, len(self.joint_names)))
+        i = 0
+        while i < t.size:
+            self._take_due(int(t[i]))
+            # up to the next pending start the active trajectory stays the same
+            end = int(np.searchsorted(t, self._pending[0].start_ns, side="left")) if self._pending else t.size
+            end = max(end, i + 1)
+            out[i:end] = self._active.evaluate(t[i:end]) if self._active is not None else self._last_command
+            i = end
+        if t.size:
+            self._last_command = out[-1].copy()
+        return out
 
 
-class CommandDelayLine:
-    """Delays commands by ``delay_ns``: the output at t is the input pushed for t - delay.
+def commanded_series(segments: Sequence[tuple]) -> tuple[np.ndarray, np.ndarray]:
+    """What a deferring JTC commanded, given the trajectories it received: ``(t_ns[n], positions[n, J])``.
 
-    Inputs are pushed once per physics step, so the output is exact when the delay is a
-    multiple of the step and otherwise lags by less than one step (zero-order hold).
-    Before any input is old enough, the output is ``initial``.
+    ``segments``: ``(start_ns, time_from_start_ns[k], positions[k, J])`` or
+    ``(start_ns, time_from_start_ns[k], positions[k, J], arrival_ns)`` in arrival order; NaN
+    columns are joints a trajectory does not drive. Each is submitted to a
+    :class:`TrajectoryExecutor` (``defer_future``, open loop) at its arrival (the node's
+    publish time or a bag's receive time; without one, at its stamp), so a trajectory takes
+    over at ``max(stamp, arrival)`` and a late one never gets credit for motion before it
+    arrived. The series is sampled at every point, takeover and arrival (and just before
+    each), so linear interpolation between its samples is the command; it runs from the first
+    takeover to the end of the last trajectory.
     """
+    parsed: list[tuple[TimedTrajectory, int]] = []
+    joints: int | None = None
+    for i, seg in enumerate(segments):
+        start_ns, offsets, positions = int(seg[0]), np.asarray(seg[1], dtype=np.int64).reshape(-1), seg[2]
+        p = np.asarray(positions, dtype=np.float64)
+        if p.ndim != 2 or p.shape[0] != offsets.size or offsets.size == 0:
+            raise ValueError(f"trajectory {i}: need [k, joints] positions for k = {offsets.size} points, got {p.shape}")
+        if joints is not None and p.shape[1] != joints:
+            raise ValueError(f"trajectories disagree on the number of joints: {sorted({joints, p.shape[1]})}")
+        joints = p.shape[1]
+        arrival = int(seg[3]) if len(seg) > 3 and seg[3] is not None else start_ns
+        driven = [j for j in range(p.shape[1]) if np.isfinite(p[:, j]).all()]
+        parsed.append((TimedTrajectory(tuple(str(j) for j in driven), offsets, p[:, driven], start_ns), arrival))
+    if not parsed:
+        return np.zeros(0, dtype=np.int64), np.zeros((0, 0))
+    first, first_arrival = parsed[0]
+    last, last_arrival = parsed[-1]
+    begin = max(first_arrival, (first.start_ns or first_arrival) + int(first.times_from_start_ns[0]))
+    end = (last.start_ns or last_arrival) + int(last.times_from_start_ns[-1])
+    marks = [np.array([a - 1, a, (tr.start_ns or a) - 1, tr.start_ns or a], dtype=np.int64) for tr, a in parsed]
+    marks += [(tr.start_ns or a) + tr.times_from_start_ns for tr, a in parsed]
+    times = np.unique(np.concatenate(marks))
+    times = times[(times >= begin) & (times <= end)]
 
-    def __init__(self, delay_ns: int, initial: np.ndarray) -> None:
-        if delay_ns < 0:
-            raise ValueError(f"actuation delay must be >= 0 ns, got {delay_ns}")
-        self.delay_ns = int(delay_ns)
-        self._current = np.asarray(initial, dtype=np.float64).copy()
-        self._pending: collections.deque[tuple[int, np.ndarray]] = collections.deque()
+    executor = TrajectoryExecutor(tuple(str(j) for j in range(joints)), np.full(joints, np.nan), defer_future=True)
+    out = np.empty((times.size, joints))
+    done = 0
+    for trajectory, arrival in parsed:
+        upto = int(np.searchsorted(times, arrival, side="left"))  # samples before the arrival
+        if upto > done:
+            out[done:upto] = executor.sample_many(times[done:upto])
+            done = upto
+        executor.sample(arrival)  # what the controller had done by then (due deferred ones took over)
+        executor.submit(trajectory, arrival)
+    out[done:] = executor.sample_many(times[done:])
+    keep = np.isfinite(out).any(axis=1)
+    return times[keep], out[keep]
 
-    def push(self, t_ns: int, command: np.ndarray) -> None:
-        """Record the command computed for time ``t_ns`` (times must not decrease)."""
-        self._pending.append((int(t_ns), np.asarray(command, dtype=np.float64).copy()))
 
-    def output(self, t_ns: int) -> np.ndarray:
-        """The command that reaches the actuators at ``t_ns``."""
-        due_ns = t_ns - self.delay_ns
-        while self._pending and self._pending[0][0] <= due_ns:
-            self._current = self._pending.popleft()[1]
-        return self._current.copy()
+__all__ = ["SubmitResult", "TimedTrajectory", "TrajectoryExecutor", "commanded_series", "parse_joint_trajectory"]

@@ -1,11 +1,19 @@
-"""JTC semantics of the sim's trajectory executor and the actuation delay line (ROS-free)."""
+"""The one JTC model (control/jtc.py): the executor the sim runs, the commanded series the
+actuation-lag estimator replays through it, the JointTrajectory parser; and the sim's
+actuation delay line. ROS-free, except the parser check on a real rclpy message."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from reflex_ros.sim.trajectory_executor import CommandDelayLine, TimedTrajectory, TrajectoryExecutor
+from reflex_ros.control.jtc import (
+    TimedTrajectory,
+    TrajectoryExecutor,
+    commanded_series,
+    parse_joint_trajectory,
+)
+from reflex_ros.sim.delay_line import CommandDelayLine
 
 JOINTS = ("a", "b", "c")
 MS = 1_000_000
@@ -209,3 +217,80 @@ def test_deferral_does_not_delay_a_trajectory_that_is_already_due():
     result = ex.submit(traj([0, 200], [[0, 0, 0], [2, 2, 2]], start_ns=T0 - 100 * MS), T0, np.zeros(3))
     assert result.accepted and result.reason == ""
     np.testing.assert_allclose(ex.sample(T0 + 1), [1.0, 1.0, 1.0], atol=1e-6)
+
+
+def _at(t, p, when):
+    """The commanded series as the function it stands for (linear between its samples)."""
+    at = (np.asarray(when, dtype=np.int64) - t[0]).astype(float)  # relative: 1e18-ns stamps lose ns in float64
+    return np.array([np.interp(at, (t - t[0]).astype(float), p[:, j]) for j in range(p.shape[1])]).T
+
+
+def test_commanded_series_replaces_on_a_new_message():
+    first = (0, np.array([0, 100, 200, 300]), np.array([[0.0], [1.0], [2.0], [3.0]]))
+    second = (150, np.array([0, 100]), np.array([[10.0], [11.0]]))
+    t, p = commanded_series([first, second])
+    # The first runs until 150 (its 200 and 300 points never execute), then the second; the
+    # series ends where the last trajectory ends.
+    assert (t[0], t[-1]) == (0, 250)
+    np.testing.assert_allclose(_at(t, p, [0, 100, 149, 150, 200, 250])[:, 0], [0.0, 1.0, 1.49, 10.0, 10.5, 11.0])
+
+
+def test_commanded_series_defers_to_the_stamp_and_holds_until_a_late_one_arrives():
+    # b arrives early (deferred to its stamp 100); c is late (stamp 200, arrives 250): b holds
+    # its last point until c arrives, then c runs from where it stands at 250.
+    a = (0, np.array([0, 50]), np.array([[0.0], [5.0]]), 0)
+    b = (100, np.array([0, 50]), np.array([[20.0], [25.0]]), 60)
+    c = (200, np.array([0, 100]), np.array([[40.0], [50.0]]), 250)
+    t, p = commanded_series([a, b, c])
+    np.testing.assert_allclose(_at(t, p, [50, 99, 100, 150, 249, 250, 300])[:, 0],
+                               [5.0, 5.0, 20.0, 25.0, 25.0, 45.0, 50.0])
+
+
+def test_commanded_series_is_the_executor_sampled():
+    """The estimator's series and the sim's per-step samples are the same model: replaying
+    random chunks (some early, some late) through a deferring executor step by step gives
+    the series' values."""
+    rng = np.random.default_rng(4)
+    segments, t0, dt = [], 10**18, 20 * MS
+    for i in range(8):
+        start = t0 + i * 10 * dt
+        offsets = np.arange(30, dtype=np.int64) * dt
+        segments.append((start, offsets, rng.normal(size=(30, 3)), start + int(rng.integers(-40, 40)) * MS))
+    t, p = commanded_series(segments)
+    ex = TrajectoryExecutor(JOINTS, np.zeros(3), defer_future=True)
+    steps = np.arange(t[0], t[-1], 2 * MS)
+    pending = sorted(((s[3], k) for k, s in enumerate(segments)))
+    sampled = []
+    for now in steps:
+        while pending and pending[0][0] <= now:
+            start, offsets, pos, arrival = segments[pending.pop(0)[1]]
+            ex.sample(arrival)
+            assert ex.submit(TimedTrajectory(JOINTS, offsets, pos, start), arrival).accepted
+        sampled.append(ex.sample(now))
+    np.testing.assert_allclose(np.array(sampled), _at(t, p, steps), atol=1e-9)
+
+
+def test_sample_many_equals_repeated_sample():
+    one, many = (TrajectoryExecutor(JOINTS, np.zeros(3), defer_future=True) for _ in range(2))
+    for ex in (one, many):  # an active trajectory, then a deferred one taking over at T0 + 50 ms
+        ex.submit(traj([0, 40, 80], [[1, 2, 3], [4, 5, 6], [7, 8, 9]], start_ns=T0), T0)
+        ex.submit(traj([0, 30], [[0, 0, 0], [1, 1, 1]], start_ns=T0 + 50 * MS), T0 + 10 * MS)
+    times = T0 + np.arange(-10, 120, 3, dtype=np.int64) * MS
+    np.testing.assert_allclose(many.sample_many(times), np.array([one.sample(int(t)) for t in times]))
+    np.testing.assert_allclose(many.last_command, one.last_command)
+
+
+def test_parse_joint_trajectory_reads_rclpy_messages_and_names_a_bad_point():
+    from builtin_interfaces.msg import Duration
+    from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+    msg = JointTrajectory(joint_names=["b", "a"])
+    msg.header.stamp.sec, msg.header.stamp.nanosec = 12, 5
+    msg.points = [JointTrajectoryPoint(positions=[1.0, 2.0], time_from_start=Duration(sec=0, nanosec=0)),
+                  JointTrajectoryPoint(positions=[3.0, 4.0], time_from_start=Duration(sec=1, nanosec=500))]
+    parsed = parse_joint_trajectory(msg)
+    assert parsed.start_ns == 12_000_000_005 and parsed.times_from_start_ns.tolist() == [0, 1_000_000_500]
+    np.testing.assert_array_equal(parsed.columns(["a", "x", "b"]), [[2.0, np.nan, 1.0], [4.0, np.nan, 3.0]])
+    msg.points[1].positions = [3.0]
+    with pytest.raises(ValueError, match="point 1 has 1 positions for 2 joints"):
+        parse_joint_trajectory(msg)

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from reflex_ros.ros.sync import ApproximateTimeSync
+from reflex_ros.control.sync import ApproximateTimeSync
 
 MS = 1_000_000
 

@@ -2,7 +2,7 @@
 
 It subscribes to what a user would watch (the policy node's ``~/action_chunk`` and
 ``~/joint_trajectory``, ``/diagnostics``, ``/joint_states`` and the camera) and fills a
-:class:`~reflex_ros.sim.loop_report.LoopRecording`. It runs in its own rclpy context with its
+:class:`~reflex_ros.apps.loop_report.LoopRecording`. It runs in its own rclpy context with its
 own executor thread, so it coexists with the runner's lifecycle client in the same process
 and never installs signal handlers (the demo owns Ctrl-C).
 """
@@ -22,12 +22,19 @@ from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import Image, JointState
 from trajectory_msgs.msg import JointTrajectory
 
+from reflex_ros.apps.loop_report import ChunkRecord, LoopRecording, TrajectoryRecord
+from reflex_ros.control.jtc import parse_joint_trajectory
+from reflex_ros.control.stamps import stamp_to_ns
 from reflex_ros.msg import ActionChunk
-from reflex_ros.sim.loop_report import ChunkRecord, LoopRecording, TrajectoryRecord
-
-
-def _ns(stamp) -> int:
-    return stamp.sec * 1_000_000_000 + stamp.nanosec
+from reflex_ros.ros.runner import node_topic
+from reflex_ros.vocab import (
+    ACTION_CHUNK_TOPIC,
+    DEFAULT_CAMERA_TOPIC,
+    DIAGNOSTICS_TOPIC,
+    JOINT_STATES_TOPIC,
+    NODE_NAME,
+)
+from reflex_ros.vocab import TRAJECTORY_TOPIC as PRIVATE_TRAJECTORY_TOPIC
 
 
 class LoopMonitor:
@@ -37,9 +44,9 @@ class LoopMonitor:
         self,
         joint_names: tuple[str, ...],
         *,
-        policy_node: str = "/reflex_policy",
-        joint_states_topic: str = "/joint_states",
-        image_topic: str = "/camera/front/image_raw",
+        policy_node: str = f"/{NODE_NAME}",
+        joint_states_topic: str = JOINT_STATES_TOPIC,
+        image_topic: str = DEFAULT_CAMERA_TOPIC,
         use_sim_time: bool = False,
     ) -> None:
         self._lock = threading.Lock()
@@ -59,11 +66,12 @@ class LoopMonitor:
         reliable = QoSProfile(
             depth=50, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST
         )
-        self.node.create_subscription(ActionChunk, f"{policy_node}/action_chunk", self._on_chunk, reliable)
+        name, namespace = policy_node.rsplit("/", 1)[-1], policy_node.rsplit("/", 1)[0]
         self.node.create_subscription(
-            JointTrajectory, f"{policy_node}/joint_trajectory", self._on_trajectory, reliable
-        )
-        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, reliable)
+            ActionChunk, node_topic(ACTION_CHUNK_TOPIC, name, namespace), self._on_chunk, reliable)
+        self.node.create_subscription(
+            JointTrajectory, node_topic(PRIVATE_TRAJECTORY_TOPIC, name, namespace), self._on_trajectory, reliable)
+        self.node.create_subscription(DiagnosticArray, DIAGNOSTICS_TOPIC, self._on_diagnostics, reliable)
         self.node.create_subscription(JointState, joint_states_topic, self._on_joint_state, reliable)
         self.node.create_subscription(Image, image_topic, self._on_image, qos_profile_sensor_data)
         self._executor = SingleThreadedExecutor(context=self._context)
@@ -93,12 +101,12 @@ class LoopMonitor:
             data = np.asarray(msg.data, dtype=np.float64).reshape(msg.chunk_size, msg.action_dim)
             record = ChunkRecord(
                 recv_ns=self._now_ns(),
-                stamp_ns=_ns(msg.header.stamp),
+                stamp_ns=stamp_to_ns(msg.header.stamp),
                 skipped_steps=int(msg.skipped_steps),
-                dt_ns=_ns(msg.dt),
+                dt_ns=stamp_to_ns(msg.dt),
                 latency_compensation_ms=float(msg.latency_compensation_ms),
                 inference_ms=float(msg.inference_ms),
-                positions=self._reorder(list(msg.joint_names), data),
+                positions=self._columns(list(msg.joint_names), data),
             )
         except (ValueError, KeyError):
             return
@@ -109,18 +117,14 @@ class LoopMonitor:
     def _on_trajectory(self, msg: JointTrajectory) -> None:
         recv = self._now_ns()
         try:
-            positions = np.array([list(p.positions) for p in msg.points], dtype=np.float64)
-            offsets = np.array([_ns(p.time_from_start) for p in msg.points], dtype=np.int64)
-            if positions.size == 0:
-                return
-            record = TrajectoryRecord(
-                recv_ns=recv,
-                start_ns=_ns(msg.header.stamp) or recv,
-                offsets_ns=offsets,
-                positions=self._reorder(list(msg.joint_names), positions),
-            )
-        except (ValueError, KeyError):
+            trajectory = parse_joint_trajectory(msg)
+        except ValueError:
             return
+        positions = trajectory.columns(self._rec.joint_names)
+        if positions.size == 0 or np.isnan(positions).any():
+            return  # empty, or lacks joints of the recording
+        record = TrajectoryRecord(recv_ns=recv, start_ns=trajectory.start_ns or recv,
+                                  offsets_ns=trajectory.times_from_start_ns, positions=positions)
         with self._lock:
             self._rec.trajectories.append(record)
 
@@ -138,16 +142,16 @@ class LoopMonitor:
         except (KeyError, IndexError):
             return
         with self._lock:
-            self._rec.meas_t_ns.append(_ns(msg.header.stamp))
+            self._rec.meas_t_ns.append(stamp_to_ns(msg.header.stamp))
             self._rec.meas_pos.append(pos)
 
     def _on_image(self, msg: Image) -> None:
-        age_ms = (self._now_ns() - _ns(msg.header.stamp)) / 1e6
+        age_ms = (self._now_ns() - stamp_to_ns(msg.header.stamp)) / 1e6
         with self._lock:
             self._rec.images += 1
             self._rec.image_age_ms.append(age_ms)
 
-    def _reorder(self, names: list[str], data: np.ndarray) -> np.ndarray:
+    def _columns(self, names: list[str], data: np.ndarray) -> np.ndarray:
         """Columns in the recording's joint order (KeyError if a joint is missing)."""
         cols = [names.index(n) if n in names else None for n in self._rec.joint_names]
         if any(c is None for c in cols):

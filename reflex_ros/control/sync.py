@@ -5,7 +5,9 @@ per matched set, which a control loop would then have to queue. A loop only ever
 newest consistent observation, so this keeps a small sorted buffer per stream and answers
 "what is the newest set whose stamps lie within ``slop``?" on demand.
 
-Thread-safe: the executor thread adds, the control loop thread asks.
+Payloads are opaque: the observation assembler buffers raw messages here and decodes only
+the members of the set it uses. Thread-safe: the executor thread adds, the control loop
+thread asks.
 """
 
 from __future__ import annotations
@@ -98,6 +100,17 @@ class ApproximateTimeSync:
             raise KeyError(f"unknown stream {stream!r}; streams are {list(self._streams)}")
         with self._lock:
             buf.add(int(stamp_ns), payload)
+
+    def discard(self, stream: str, stamp_ns: int) -> bool:
+        """Drop the message with this stamp (a payload that failed to decode); True if found."""
+        buf = self._streams[stream]
+        with self._lock:
+            i = bisect.bisect_left(buf.stamps, stamp_ns)
+            if i < len(buf.stamps) and buf.stamps[i] == stamp_ns:
+                del buf.stamps[i]
+                del buf.payloads[i]
+                return True
+        return False
 
     def clear(self) -> None:
         with self._lock:

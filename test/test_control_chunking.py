@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from reflex_ros.ros.chunking import (
+from reflex_ros.control.chunking import (
     ChunkError,
     SafetyLimits,
     control_period_ns,
@@ -137,7 +137,7 @@ def test_control_period_exact_in_ns() -> None:
 
 
 def test_rate_limit_matches_a_reference_scan_on_random_chunks() -> None:
-    from reflex_ros.ros.chunking import rate_limit
+    from reflex_ros.control.chunking import rate_limit
 
     rng = np.random.default_rng(3)
     for trial in range(50):

@@ -11,7 +11,7 @@ Definitions, and why:
 * observation-to-publish: the node's own measurement (``/diagnostics``) when available, it
   excludes DDS delivery to us; the monitor's receipt-based value is kept as a cross-check.
 * commanded vs measured: the trajectories as a joint_trajectory_controller executes them
-  (each runs from its stamp until the next one starts, holding its last point) against the
+  (:func:`reflex_ros.control.jtc.commanded_series`, the sim's own model) against the
   joint states; the "aligned" error shifts the command by the measured actuation lag, which
   separates "the arm lags" from "the arm goes elsewhere".
 * limits: every published point (trajectories and chunks) against the embodiment's limits;
@@ -28,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from reflex_ros.calibration.actuation_lag import commanded_trajectory, estimate_actuation_lag_ms
+from reflex_ros.calibration.actuation_lag import estimate_actuation_lag_ms
+from reflex_ros.control.jtc import commanded_series
 
 LIMIT_TOLERANCE = 1e-5
 
@@ -128,7 +129,7 @@ def tracking(rec: LoopRecording, max_lag_ms: float) -> dict[str, Any]:
     if len(rec.trajectories) < 2 or len(rec.meas_t_ns) < 20:
         return empty
     segments = [(t.start_ns, t.offsets_ns, t.positions, t.recv_ns) for t in rec.trajectories]
-    cmd_t, cmd_pos = commanded_trajectory(segments)
+    cmd_t, cmd_pos = commanded_series(segments)
     meas_t = np.asarray(rec.meas_t_ns, dtype=np.int64)
     meas_pos = np.stack(rec.meas_pos)
     keep = (meas_t >= cmd_t[0]) & (meas_t <= cmd_t[-1])

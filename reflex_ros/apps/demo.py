@@ -1,6 +1,7 @@
 """`reflex-ros demo`: the whole loop in one command, and the numbers that show it works.
 
-The simulated SO-101 arm (``reflex_ros.sim.sim_node``, a child process) publishes a camera
+An application on top of the library: the simulated SO-101 arm (``reflex_ros.sim.sim_node``,
+a child process, the robot) publishes a camera
 and joint states; the lifecycle policy node (the tiny default export, embodiment so100,
 auto_calibrate on) is started and driven through configure -> activate by the runner API,
 exactly as ``reflex-ros run`` does; a monitor node in this process records the traffic.
@@ -15,17 +16,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from reflex_ros.ros.process import ChildProcess, stop_on_signals
+from reflex_ros.ros.runner import node_topic
+from reflex_ros.vocab import NODE_NAME, TRAJECTORY_TOPIC
+
 EMBODIMENT = "so100"
-POLICY_NODE = "reflex_policy"
-TRAJECTORY_TOPIC = f"/{POLICY_NODE}/joint_trajectory"
+POLICY_NODE = NODE_NAME
 DEFAULT_EXPORT_DIR = "~/.cache/reflex_ros/exports/tiny"
 DEFAULT_CACHE = "~/.cache/reflex_ros/demo/calibration.json"
 DEFAULT_LOG_DIR = "~/.cache/reflex_ros/demo/logs"
@@ -184,41 +186,17 @@ def ensure_export(export: str | None, console: _Console) -> Path:
     return path
 
 
-class SimProcess:
-    """`python -m reflex_ros.sim.sim_node` as a child in its own session (a terminal's
-    Ctrl-C reaches only the demo, which then stops things in order)."""
-
-    def __init__(self, delay_ms: float, log_path: Path, env: dict[str, str], params: list[str] = ()) -> None:
-        cmd = [
-            sys.executable, "-m", "reflex_ros.sim.sim_node", "--ros-args",
-            "-p", f"actuation_delay_ms:={float(delay_ms)!r}",
-            "-p", f"trajectory_topic:={TRAJECTORY_TOPIC}",
-        ]  # fmt: skip
-        for param in params:
-            cmd += ["-p", param]
-        self.log_path = log_path
-        self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT, text=True, start_new_session=True
-        )
-
-    @property
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def tail(self, n: int = 15) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-
-    def stop(self, timeout_s: float = 15.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()  # the sim stops its threads, then rclpy, and prints its stats
-            try:
-                self.proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=timeout_s)
-        self._log.close()
-        return self.proc.returncode
+def sim_process(delay_ms: float, log_path: Path, env: dict[str, str], params: list[str] = ()) -> ChildProcess:
+    """`python -m reflex_ros.sim.sim_node` as a child in its own session (a terminal's Ctrl-C
+    reaches only the demo, which then stops things in order), logging to ``log_path``."""
+    cmd = [
+        sys.executable, "-m", "reflex_ros.sim.sim_node", "--ros-args",
+        "-p", f"actuation_delay_ms:={float(delay_ms)!r}",
+        "-p", f"trajectory_topic:={node_topic(TRAJECTORY_TOPIC, POLICY_NODE)}",
+    ]  # fmt: skip
+    for param in params:
+        cmd += ["-p", param]
+    return ChildProcess(cmd, env=env, log_path=log_path).start()
 
 
 def _wait(condition, timeout_s: float, stop: threading.Event, alive) -> bool:
@@ -302,13 +280,8 @@ def handle(args: argparse.Namespace) -> int:
     log_dir = Path(args.log_dir or Path(DEFAULT_LOG_DIR) / time.strftime("%Y%m%d-%H%M%S")).expanduser()
     log_dir.mkdir(parents=True, exist_ok=True)
 
-    stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with stop_on_signals() as stop:
         return _run(args, export_dir, cache_path, log_dir, console, stop)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def _run(
@@ -321,10 +294,10 @@ def _run(
 ) -> int:
     import numpy as np
 
-    from reflex_ros.calibration.embodiment import load_embodiment
+    from reflex_ros.apps import loop_report
+    from reflex_ros.apps.demo_monitor import LoopMonitor
+    from reflex_ros.control.embodiment import load_embodiment
     from reflex_ros.ros.runner import NodeProcessError, PolicyNodeProcess, ros_environment
-    from reflex_ros.sim import loop_report
-    from reflex_ros.sim.demo_monitor import LoopMonitor
 
     emb = load_embodiment(EMBODIMENT)
     console.line(
@@ -346,9 +319,7 @@ def _run(
         sim_params += ["publish_clock:=true", f"real_time_factor:={float(args.real_time_factor)!r}"]
         node_params["use_sim_time"] = True
     monitor = LoopMonitor(emb.joint_names, policy_node=f"/{POLICY_NODE}", use_sim_time=sim_time)
-    sim = SimProcess(
-        args.actuation_delay_ms, log_dir / "sim.log", ros_environment(), sim_params + args.sim_param
-    )
+    sim = sim_process(args.actuation_delay_ms, log_dir / "sim.log", ros_environment(), sim_params + args.sim_param)
     node_log = open(log_dir / "policy_node.log", "w")  # noqa: SIM115 - closed below
     failure: str | None = None
     ran_s = 0.0
@@ -406,7 +377,7 @@ def _run(
         time.sleep(0.5)  # let the hold trajectory and last messages reach the monitor
     finally:
         console.end_status()
-        sim_code = sim.stop()
+        sim_code = sim.stop()  # SIGTERM: the sim stops its threads, then rclpy, and prints its stats
         recording = monitor.snapshot()
         monitor.close()
         node_log.close()

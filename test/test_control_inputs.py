@@ -1,4 +1,5 @@
-"""sensor_msgs -> numpy: real rclpy messages and rosbags-deserialized ones through the same code."""
+"""Input decoders (control/inputs): real rclpy messages and rosbags-deserialized ones through
+the same code; the registry by message type; stamps."""
 
 from __future__ import annotations
 
@@ -6,14 +7,17 @@ import numpy as np
 import pytest
 from sensor_msgs.msg import Image, JointState
 
-from reflex_ros.engine.types import ObservationError
-from reflex_ros.ros.conversions import (
-    image_to_rgb,
+from reflex_ros.control.inputs import (
+    CAMERA_DECODERS,
+    DEFAULT_CAMERA_TYPE,
+    camera_decoder,
     joint_state_to_vector,
-    ns_to_sec_nanosec,
-    resize_rgb,
-    stamp_to_ns,
 )
+from reflex_ros.control.inputs.resize import resize_rgb
+from reflex_ros.control.stamps import ns_to_sec_nanosec, stamp_to_ns
+from reflex_ros.engine.types import ObservationError
+
+IMAGE = camera_decoder("sensor_msgs/msg/Image")
 
 RNG = np.random.default_rng(0)
 
@@ -43,31 +47,40 @@ def test_every_encoding_decodes_to_rgb(encoding: str, pad: int) -> None:
     }[encoding]
     expect = rgb if encoding != "mono8" else np.repeat(rgb[:, :, :1], 3, axis=2)
     msg = _image(np.ascontiguousarray(src), encoding, pad)
-    decoded = image_to_rgb(msg, 7, "/cam")  # 5x7 -> 7x7 stretches rows only
-    assert decoded.shape == (7, 7, 3) and decoded.dtype == np.uint8
-    # columns are untouched by a height-only resize: first and last rows are exact
-    np.testing.assert_array_equal(decoded[0], expect[0])
-    np.testing.assert_array_equal(decoded[-1], expect[-1])
-    square = _image(np.ascontiguousarray(src[:, :5]), encoding, pad)
-    np.testing.assert_array_equal(image_to_rgb(square, 5, "/cam"), expect[:, :5])
+    IMAGE.check(msg, "/cam")
+    decoded = IMAGE.decode(msg, "/cam")  # the camera's own 5x7: resizing is not the decoder's job
+    assert decoded.shape == (5, 7, 3) and decoded.dtype == np.uint8
+    np.testing.assert_array_equal(decoded, expect)
 
 
 def test_unsupported_encoding_names_topic_and_encoding() -> None:
     msg = _image(np.zeros((4, 4), np.uint16).view(np.uint8).reshape(4, 8), "mono8")
     msg.encoding = "mono16"
     with pytest.raises(ObservationError, match=r"/wrist/image_raw.*mono16"):
-        image_to_rgb(msg, 4, "/wrist/image_raw")
+        IMAGE.check(msg, "/wrist/image_raw")
 
 
 def test_data_length_mismatch_names_expected_length() -> None:
     msg = _image(np.zeros((4, 4, 3), np.uint8), "rgb8")
     msg.data = bytes(47)
     with pytest.raises(ObservationError, match=r"/cam.*rgb8.*47 bytes, expected 48"):
-        image_to_rgb(msg, 4, "/cam")
+        IMAGE.check(msg, "/cam")
+    with pytest.raises(ObservationError, match=r"47 bytes, expected 48"):
+        IMAGE.decode(msg, "/cam")  # decode never trusts a payload it did not check
     msg = _image(np.zeros((4, 4, 3), np.uint8), "rgb8")
     msg.step = 10
     with pytest.raises(ObservationError, match="step 10"):
-        image_to_rgb(msg, 4, "/cam")
+        IMAGE.check(msg, "/cam")
+
+
+def test_camera_decoders_are_registered_by_message_type() -> None:
+    from reflex_ros.control.params import SPECS
+
+    assert DEFAULT_CAMERA_TYPE == "sensor_msgs/msg/Image" and CAMERA_DECODERS[DEFAULT_CAMERA_TYPE] is IMAGE
+    assert all(decoder.msg_type == name for name, decoder in CAMERA_DECODERS.items())
+    assert SPECS["camera_message_type"].choices == tuple(CAMERA_DECODERS)  # the parameter offers every entry
+    with pytest.raises(KeyError, match="sensor_msgs/msg/Image"):
+        camera_decoder("sensor_msgs/msg/CompressedImage")
 
 
 def test_resize_keeps_constant_images_and_shapes() -> None:
@@ -96,7 +109,7 @@ def test_rosbags_messages_decode_like_rclpy() -> None:
     header = HeaderT(stamp=TimeT(sec=12, nanosec=345), frame_id="cam")
     img = ImageT(header=header, height=3, width=3, encoding="bgr8", is_bigendian=0, step=9,
                  data=rgb[:, :, ::-1].reshape(-1).copy())
-    np.testing.assert_array_equal(image_to_rgb(img, 3, "/bag/cam"), rgb)
+    np.testing.assert_array_equal(IMAGE.decode(img, "/bag/cam"), rgb)
     assert stamp_to_ns(img.header.stamp) == 12_000_000_345
     js = JointStateT(header=header, name=["b", "a"], position=np.array([2.0, 1.0]),
                      velocity=np.array([]), effort=np.array([]))
@@ -146,8 +159,10 @@ def test_ros_free_modules_do_not_import_rclpy() -> None:
     import subprocess
     import sys
 
-    code = ("import sys; import reflex_ros.ros.conversions, reflex_ros.ros.sync, reflex_ros.ros.chunking, "
-            "reflex_ros.ros.runner, reflex_ros.ros.motion_history, reflex_ros.calibration.embodiment; "
+    code = ("import sys; import reflex_ros.control.inputs, reflex_ros.control.observation, reflex_ros.control.loop, "
+            "reflex_ros.control.stats, reflex_ros.control.params, reflex_ros.control.jtc, reflex_ros.control.strategies, "
+            "reflex_ros.control.embodiment, reflex_ros.calibration.live, reflex_ros.replay.bag_reader, "
+            "reflex_ros.apps.calibrate, reflex_ros.apps.loop_report, reflex_ros.ros.runner, reflex_ros.ros.process; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('rclpy', 'torch')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "[]"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from reflex_ros.calibration.embodiment import (
+from reflex_ros.control.embodiment import (
     EmbodimentError,
     available_embodiments,
     embodiment_search_dirs,

@@ -11,7 +11,8 @@ from collections import deque
 
 import numpy as np
 
-from reflex_ros.calibration.actuation_lag import commanded_trajectory, estimate_actuation_lag_ms
+from reflex_ros.calibration.actuation_lag import estimate_actuation_lag_ms
+from reflex_ros.control.jtc import commanded_series
 
 
 class MotionHistory:
@@ -52,7 +53,7 @@ class MotionHistory:
             pairs = [(t, p) for t, p in zip(self._meas_t, self._meas_pos, strict=True) if t >= cutoff]
         if len(segments) < 2 or len(pairs) < 20:
             return None
-        cmd_t, cmd_pos = commanded_trajectory(segments)
+        cmd_t, cmd_pos = commanded_series(segments)
         meas_t = np.array([t for t, _ in pairs], dtype=np.int64)
         meas_pos = np.stack([p for _, p in pairs])
         if cmd_pos.ndim != 2 or cmd_pos.shape[1] != meas_pos.shape[1]:

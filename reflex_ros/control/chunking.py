@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from reflex_ros.engine.types import ReflexError
+from reflex_ros.vocab import ABSOLUTE, ACTION_MODES, DELTA
 
 # 40 ms at 25 Hz is exactly one step; float rounding must not turn it into two.
 _SKIP_EPSILON = 1e-6
@@ -57,7 +58,8 @@ class PlannedChunk:
     positions, velocities: ``(n, J)`` float64, absolute, clamped; point j is meant for
         ``stamp_ns + j*dt_ns``.
     skipped_steps: k, the leading rows dropped by latency compensation.
-    n_position_clamped / n_delta_clamped: values changed by each limit (diagnostics).
+    n_position_clamped / n_delta_clamped: values changed by each limit (summed into
+        /diagnostics as ``clamped_position_values`` / ``clamped_step_values``).
     """
 
     positions: np.ndarray
@@ -146,7 +148,7 @@ def plan_chunk(
     control_frequency_hz: float,
     latency_compensation_ms: float,
     limits: SafetyLimits,
-    action_mode: str = "absolute",
+    action_mode: str = ABSOLUTE,
     chunk_size: int | None = None,
     joint_names: list[str] | tuple[str, ...] | None = None,
 ) -> PlannedChunk:
@@ -177,8 +179,8 @@ def plan_chunk(
     if not np.all(np.isfinite(obs_state)):
         bad = int(np.flatnonzero(~np.isfinite(obs_state))[0])
         raise ChunkError(f"observed state of joint {names[bad]!r} is {obs_state[bad]}")
-    if action_mode not in ("absolute", "delta"):
-        raise ChunkError(f"action_mode must be 'absolute' or 'delta', got {action_mode!r}")
+    if action_mode not in ACTION_MODES:
+        raise ChunkError(f"action_mode must be one of {ACTION_MODES}, got {action_mode!r}")
 
     rows = acts.shape[0] if not chunk_size else min(int(chunk_size), acts.shape[0])
     joint_actions = acts[:rows, :n_joints].astype(np.float64)
@@ -199,7 +201,7 @@ def plan_chunk(
         )
     dt_ns = control_period_ns(control_frequency_hz)
     targets = joint_actions[k:]
-    if action_mode == "delta":
+    if action_mode == DELTA:
         targets = targets + obs_state[None, :]
 
     lo, hi, dmax = limits.position_lower, limits.position_upper, limits.max_delta_per_step

@@ -1,9 +1,10 @@
 """Embodiment presets: what a robot is, independent of the policy that drives it.
 
 A preset (``config/embodiments/NAME.yaml``) gives joint names, safety limits, control rate,
-chunk shape, action mode and the cold-start latency compensation. The node uses it for
-parameter defaults (explicit parameters win), the calibrator as the bottom rung of its
-override ladder. ROS-free: the replay tool loads presets without rclpy.
+chunk shape, action mode and the cold-start latency compensation: the contract between the
+control layer and one robot. The node uses it for parameter defaults (explicit parameters
+win), the calibrator as the bottom rung of its override ladder, bag replay and the demo to
+know the robot. ROS-free.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from typing import Any
 import yaml
 
 from reflex_ros.engine.types import ReflexError
+from reflex_ros.vocab import ACTION_MODES
 
-ACTION_MODES: tuple[str, ...] = ("absolute", "delta")
 _PACKAGE = "reflex_ros"
 
 

@@ -1,0 +1,354 @@
+"""The control loop, ROS-free: observation -> engine -> chunk strategy -> publish, with subscribers.
+
+In the style of openpi-client's ``Runtime``: the loop owns the cycle and knows nothing of
+what watches it; statistics, the motion history and the live calibration are
+:class:`LoopSubscriber` objects in a list. The node (or a test) supplies the clock, a
+``publish`` function, the engine, the observation assembler and the chunk strategy.
+
+Threads: :meth:`ControlLoop.start` runs the cycle on its own thread, waking every
+``execute_steps`` control periods on the supplied clock (sim time aware). A cycle that runs
+long makes the loop skip the missed ticks (``overrun``); nothing is queued. Inputs are offered
+from any other thread (the ROS executor). Subscribers are called on the thread of the event;
+a subscriber that raises is logged (throttled), never fatal.
+
+Settings: one immutable :class:`~reflex_ros.control.params.Settings` snapshot, read once per
+cycle and swapped atomically by :meth:`ControlLoop.update_settings`. Changes from a user pin
+their names; automatic changes (the calibrator) never override a pinned value.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from reflex_ros.control.chunking import ChunkError, PlannedChunk, SafetyLimits, control_period_ns
+from reflex_ros.control.observation import AssembledObservation, ObservationAssembler
+from reflex_ros.control.params import Settings
+from reflex_ros.control.strategies import ChunkRequest, ChunkStrategy
+from reflex_ros.engine.types import ChunkResult, Engine, Observation, ObservationError, ReflexError
+
+LOG_THROTTLE_S = 2.0
+USER, INPUT, AUTO = "user", "input", "auto"  # update sources: pins / neither / respects pins
+NO_OBSERVATION, STALE, REFUSED, ENGINE_ERROR, OVERRUN = "no_observation", "stale", "refused", "engine_error", "overrun"
+
+
+class Logger(Protocol):
+    def info(self, msg: str) -> Any: ...
+    def warning(self, msg: str) -> Any: ...
+    def error(self, msg: str) -> Any: ...
+
+
+class ThrottledLog:
+    """One line per (key, message kind) every ``period_s``; errors keyed by their start."""
+
+    def __init__(self, logger: Logger, period_s: float = LOG_THROTTLE_S) -> None:
+        self.logger = logger
+        self.period_s = period_s
+        self._last: dict[tuple[str, str], float] = {}
+
+    def __call__(self, key: str, level: str, text: str) -> None:
+        slot = (key, text[:60] if level == "error" else text.split(":", 1)[0])
+        now = time.monotonic()
+        if now - self._last.get(slot, -math.inf) >= self.period_s:
+            self._last[slot] = now
+            getattr(self.logger, level)(text)
+
+
+@dataclass(frozen=True)
+class PublishedChunk:
+    """One published chunk and how it came about (what subscribers get)."""
+
+    plan: PlannedChunk
+    observation: AssembledObservation
+    result: ChunkResult
+    settings: Settings
+    cycle_start_ns: int
+    published_ns: int
+    inference_ms: float  # wall time around engine.infer
+
+    @property
+    def obs_to_publish_ms(self) -> float:
+        return (self.published_ns - self.observation.stamp_ns) * 1e-6
+
+
+@dataclass(frozen=True)
+class SettingsUpdate:
+    """What :meth:`ControlLoop.update_settings` did."""
+
+    applied: dict[str, Any] = field(default_factory=dict)
+    pinned: dict[str, Any] = field(default_factory=dict)  # automatic changes not applied: set by a user
+    refused: str | None = None  # the validator's reason (nothing applied)
+
+
+class LoopSubscriber:
+    """Override what you need; every method is optional."""
+
+    def on_start(self, loop: ControlLoop) -> None:
+        """The loop was activated (called on the activating thread)."""
+
+    def on_stop(self) -> None:
+        """The loop stopped (deactivate, failure)."""
+
+    def on_measurement(self, stamp_ns: int, positions: np.ndarray) -> None:
+        """An accepted joint state (executor thread)."""
+
+    def on_published(self, event: PublishedChunk) -> None:
+        """A chunk went out (control thread)."""
+
+    def on_skipped(self, reason: str, count: int = 1, detail: str = "") -> None:
+        """A cycle published nothing: no_observation, stale, refused, engine_error (``detail``
+        says why); or ``count`` ticks were skipped (overrun)."""
+
+    def on_input_rejected(self, topic: str, error: Exception) -> None:
+        """A message was dropped (bad encoding, size, missing joint, NaN, corrupt payload)."""
+
+    def on_settings_changed(self, changed: Mapping[str, Any], source: str) -> None:
+        """Settings were swapped (on the thread that changed them)."""
+
+    def on_housekeeping(self, now_ns: int) -> None:
+        """About once a second, off the control path (the node's timer)."""
+
+
+class ControlLoop:
+    """See the module docstring.
+
+    ``publish(plan, result, settings, inference_ms)`` sends the trajectory (it runs on the
+    control thread and must not block); ``now_ns()`` is the clock stamps live on; ``validate(values)``
+    returns why a settings dict is refused, or None.
+    """
+
+    def __init__(self, *, engine: Engine, assembler: ObservationAssembler, strategy: ChunkStrategy,
+                 settings: Settings, publish: Callable[[PlannedChunk, ChunkResult, Settings, float], None],
+                 now_ns: Callable[[], int], logger: Logger, subscribers: Iterable[LoopSubscriber] = (),
+                 validate: Callable[[dict[str, Any]], str | None] | None = None,
+                 pinned: Iterable[str] = ()) -> None:
+        self.engine = engine
+        self.assembler = assembler
+        self.strategy = strategy
+        self.subscribers: list[LoopSubscriber] = list(subscribers)
+        self.log = ThrottledLog(logger)
+        self.logger = logger
+        self._settings = settings
+        self._settings_lock = threading.Lock()
+        self._publish = publish
+        self._now = now_ns
+        self._validate = validate
+        self.pinned: set[str] = set(pinned)
+        self._limits: tuple[tuple, SafetyLimits] | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.failure: str | None = None  # set when the engine failed; the loop has stopped
+        self.watchdog_stale = False
+
+    # ------------------------------------------------------------------ subscribers
+
+    def _notify(self, method: str, *args: Any) -> None:
+        for subscriber in self.subscribers:
+            try:
+                getattr(subscriber, method)(*args)
+            except Exception as exc:  # an observer must never break the loop
+                self.log(f"subscriber:{method}", "error", f"{type(subscriber).__name__}.{method}: "
+                                                          f"{type(exc).__name__}: {exc}")
+
+    # ------------------------------------------------------------------ inputs (any thread)
+
+    def _reject(self, topic: str, exc: Exception) -> None:
+        text = str(exc) if isinstance(exc, ReflexError) else f"{topic}: {type(exc).__name__}: {exc}"
+        self.log(topic, "error", f"dropped message: {text}")
+        self._notify("on_input_rejected", topic, exc)
+
+    def offer_camera(self, topic: str, msg: Any) -> None:
+        try:
+            self.assembler.offer_camera(topic, msg, self._now())
+        except Exception as exc:  # one bad message never kills the loop
+            self._reject(topic, exc)
+
+    def offer_joint_state(self, msg: Any) -> None:
+        try:
+            stamp, positions = self.assembler.offer_joint_state(msg, self._now())
+        except Exception as exc:
+            self._reject(self.assembler.joint_topic, exc)
+            return
+        self._notify("on_measurement", stamp, positions)
+
+    # ------------------------------------------------------------------ settings
+
+    @property
+    def settings(self) -> Settings:
+        return self._settings
+
+    def update_settings(self, changes: Mapping[str, Any], *, source: str = USER) -> SettingsUpdate:
+        """Validate and swap in ``changes``; the next cycle uses them. ``source`` USER pins the
+        names, AUTO skips pinned names, INPUT does neither."""
+        with self._settings_lock:
+            old = self._settings
+            pinned = {k: v for k, v in changes.items() if source == AUTO and k in self.pinned}
+            wanted = {k: v for k, v in changes.items() if k not in pinned}
+            if source == USER:
+                self.pinned.update(wanted)
+            new = old.replace(wanted)
+            changed = {k: v for k, v in wanted.items() if getattr(old, k) != getattr(new, k)}
+            if not changed:
+                return SettingsUpdate(pinned=pinned)
+            if self._validate is not None and (reason := self._validate(new.as_dict())) is not None:
+                return SettingsUpdate(pinned=pinned, refused=reason)
+            self._settings = new
+        self._notify("on_settings_changed", changed, source)
+        return SettingsUpdate(changed, pinned)
+
+    @property
+    def limits(self) -> SafetyLimits:
+        s = self._settings
+        key = (s.position_lower, s.position_upper, s.max_delta_per_step)
+        cached = self._limits
+        if cached is None or cached[0] != key:
+            cached = (key, SafetyLimits.from_lists(*key))
+            self._limits = cached
+        return cached[1]
+
+    def hold_positions(self) -> np.ndarray | None:
+        """The last measured positions, clamped to the position limits (a hold is a command
+        like any other: an arm that drifted past a soft limit is brought back inside it), or
+        None before any joint state."""
+        state = self.assembler.last_state
+        if state is None:
+            return None
+        limits = self.limits
+        return np.clip(np.asarray(state, dtype=np.float64), limits.position_lower, limits.position_upper)
+
+    # ------------------------------------------------------------------ running
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        self.failure = None
+        self.watchdog_stale = False
+        self.strategy.reset()
+        self._stop.clear()
+        self._notify("on_start", self)
+        self._thread = threading.Thread(target=self._run, name="reflex_control_loop", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 60.0) -> bool:
+        """Stop and join (an in-flight inference finishes first). False if it would not stop."""
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=timeout_s)
+            if thread.is_alive():
+                return False
+        if thread is not None:
+            self.strategy.reset()
+            self._notify("on_stop")
+        return True
+
+    def warm_up(self, iterations: int) -> float:
+        """Run the engine on zero inputs (first calls allocate, JIT and capture graphs; none of
+        that may land on the first real chunk). Returns the wall time in ms."""
+        info, s = self.engine.info, self._settings
+        size = info.image_size
+        obs = Observation(images=[np.zeros((size, size, 3), np.uint8) for _ in range(info.num_cameras)],
+                          state=np.zeros(len(self.assembler.joint_names), np.float32),
+                          instruction=s.instruction or "warm up", stamp_ns=0)
+        started = time.perf_counter()
+        for _ in range(iterations):
+            self.engine.infer(obs, nfe=s.nfe or None, cfg_beta=s.cfg_beta or None)
+        return (time.perf_counter() - started) * 1e3
+
+    def housekeeping(self) -> None:
+        self._notify("on_housekeeping", self._now())
+
+    def _wait_until(self, deadline_ns: int) -> None:
+        """Sleep on the loop's clock (sim time aware), interruptible by stop()."""
+        while not self._stop.is_set():
+            remaining_s = (deadline_ns - self._now()) * 1e-9
+            if remaining_s <= 0:
+                return
+            self._stop.wait(min(remaining_s, 0.05))
+
+    def _run(self) -> None:
+        next_tick = self._now()
+        while not self._stop.is_set():
+            s = self._settings
+            period_ns = s.execute_steps * control_period_ns(s.control_frequency_hz)
+            self._wait_until(next_tick)
+            if self._stop.is_set():
+                break
+            try:
+                self.cycle()
+            except Exception as exc:  # a bug in a cycle must not kill the loop silently
+                self.log("loop", "error", f"control cycle: {type(exc).__name__}: {exc}")
+            now = self._now()
+            next_tick += period_ns
+            if now < next_tick - 4 * period_ns:  # clock jumped back (sim time reset)
+                next_tick = now + period_ns
+            elif now > next_tick:  # overran: skip the missed ticks, never queue them
+                missed = (now - next_tick) // period_ns + 1
+                self._notify("on_skipped", OVERRUN, int(missed))
+                next_tick += int(missed) * period_ns
+
+    def _skip(self, reason: str, detail: str = "") -> None:
+        self._notify("on_skipped", reason, 1, detail)
+
+    def cycle(self) -> PublishedChunk | None:
+        """One control cycle: assemble, infer, plan, publish. Returns what was published."""
+        s = self._settings
+        t_start = self._now()
+        assembled, rejected = self.assembler.assemble(int(s.sync_slop_ms * 1e6), s.instruction)
+        for topic, exc in rejected:
+            self._reject(topic, exc)
+        if assembled is None:
+            self._skip(NO_OBSERVATION)
+            return None
+        age_ms = (t_start - assembled.stamp_ns) * 1e-6
+        if age_ms > s.max_observation_age_ms:
+            if not self.watchdog_stale:
+                self.watchdog_stale = True
+                self.logger.warning(
+                    f"watchdog: newest synchronized observation is {age_ms:.0f} ms old "
+                    f"(max_observation_age_ms {s.max_observation_age_ms:g}); pausing inference")
+            self._skip(STALE)
+            return None
+        if self.watchdog_stale:
+            self.watchdog_stale = False
+            self.logger.info("watchdog: fresh observations again; resuming inference")
+
+        t_infer = time.perf_counter()
+        try:
+            result = self.engine.infer(assembled.observation, nfe=s.nfe or None, cfg_beta=s.cfg_beta or None)
+        except ObservationError as exc:
+            self._reject("observation", exc)
+            return None
+        except Exception as exc:  # the engine failed: the owner runs error processing
+            reason = str(exc) if isinstance(exc, ReflexError) else f"{type(exc).__name__}: {exc}"
+            self.failure = f"engine failed: {reason}"
+            self.logger.error(self.failure)
+            self._stop.set()
+            self._skip(ENGINE_ERROR, self.failure)
+            return None
+        infer_ms = (time.perf_counter() - t_infer) * 1e3
+
+        request = ChunkRequest(result.actions, assembled.observation.state, assembled.stamp_ns, self._now(), s,
+                               self.limits, self.assembler.joint_names)
+        try:
+            plan = self.strategy.plan(request)
+        except ChunkError as exc:
+            self.log("chunk", "error", f"chunk not published: {exc}")
+            self._skip(REFUSED, str(exc))
+            return None
+        if self._stop.is_set():
+            return None
+        self._publish(plan, result, s, infer_ms)
+        t_pub = self._now()
+        self.strategy.published(plan, t_pub)
+        event = PublishedChunk(plan, assembled, result, s, t_start, t_pub, infer_ms)
+        self._notify("on_published", event)
+        return event
