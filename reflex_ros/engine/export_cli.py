@@ -61,6 +61,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
         epilog=EXPORT_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        usage=("reflex-ros export CHECKPOINT --output DIR [options]\n"
+               "       reflex-ros export --model {tiny,small,pi0} --output DIR [options]"),
     )
     exp.add_argument("checkpoint", nargs="?", default=None, metavar="CHECKPOINT",
                      help="LeRobot checkpoint directory (config.json + model.safetensors + processor files) "

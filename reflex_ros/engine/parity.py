@@ -152,11 +152,18 @@ def fixture_observations(processor: Any, count: int, seed: int = 0) -> list[Obse
 def make_fixtures(processor: Any, count: int = DEFAULT_FIXTURES, seed: int = 0) -> list[Fixture]:
     """Observations from :func:`fixture_observations` plus standard-normal noise; odd fixtures
     run with CFG where the family supports it."""
+    from reflex_ros.engine.types import UsageError
+
     out = []
     for obs in fixture_observations(processor, count, seed):
         rng = np.random.default_rng([seed, obs.stamp_ns, 1])
         noise = rng.standard_normal((processor.chunk_size, processor.action_width), dtype=np.float32)
         cfg_beta = FIXTURE_CFG_BETA if (obs.stamp_ns % 2 and processor.supports_cfg) else None
+        if cfg_beta is not None:
+            try:  # a prompt budget too short for the advantage tag: this model serves no CFG
+                processor.prepare(obs, cfg_beta)
+            except UsageError:
+                cfg_beta = None
         out.append(Fixture(int(obs.stamp_ns), obs, noise, cfg_beta))
     return out
 

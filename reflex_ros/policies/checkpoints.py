@@ -11,40 +11,22 @@ machine with internet access.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-from reflex_ros.engine.types import ExportError
+from reflex_ros.engine.types import ExportError, ReflexError
 
 CHECKPOINT_CONFIG = "config.json"
 CHECKPOINT_WEIGHTS = "model.safetensors"
 
 
-def download_hint(repo_id: str) -> str:
-    """The command that puts ``repo_id`` into the Hugging Face cache (run where there is
-    network; copy ``~/.cache/huggingface`` over, or set ``HF_HOME``, on the robot)."""
-    return f"`hf download {repo_id}` (or `huggingface-cli download {repo_id}`) on a machine with internet access"
+def hub_snapshot(repo_id: str) -> Path:
+    """The local snapshot directory of a checkpoint's hub id (offline; ExportError if absent)."""
+    from reflex_ros.policies.lerobot.hub_cache import resolve_repo_dir
 
-
-def hub_snapshot(repo_id: str, *, what: str = "checkpoint") -> Path:
-    """The local snapshot directory of ``repo_id`` in the HF cache, offline; ExportError if absent."""
     try:
-        from huggingface_hub import snapshot_download
-        from huggingface_hub.errors import LocalEntryNotFoundError
-    except ImportError as exc:  # pragma: no cover - huggingface_hub ships with transformers
-        raise ExportError(f"resolving the hub id {repo_id!r} needs huggingface_hub ({exc})") from None
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    try:
-        return Path(snapshot_download(repo_id, local_files_only=True))
-    except LocalEntryNotFoundError:
-        pass
-    except Exception as exc:  # malformed ids, broken caches
-        raise ExportError(f"{what} {repo_id!r} could not be resolved in the local Hugging Face cache "
-                          f"({type(exc).__name__}: {exc}); fetch it with {download_hint(repo_id)}") from None
-    from huggingface_hub.constants import HF_HUB_CACHE
-
-    raise ExportError(f"{what} {repo_id!r} is not in the local Hugging Face cache ({HF_HUB_CACHE}); nothing is "
-                      f"downloaded here: fetch it with {download_hint(repo_id)}")
+        return resolve_repo_dir(repo_id, required=(CHECKPOINT_CONFIG, CHECKPOINT_WEIGHTS))
+    except ReflexError as exc:
+        raise ExportError(f"checkpoint {exc}") from None
 
 
 def _looks_like_hub_id(text: str) -> bool:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import re
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -83,7 +84,7 @@ class PaliGemmaWithExpert(nn.Module):
             if spec.expert_adarms else GemmaRMSNorm(expert.hidden_size, expert.rms_norm_eps)
         )
         self.rope = RotaryEmbedding(vlm.head_dim, vlm.rope_theta, "gemma")
-        self.lang_scale = float(torch.tensor(math.sqrt(vlm.hidden_size), dtype=torch.float32))
+        self.lang_scale = float(np.float32(math.sqrt(vlm.hidden_size)))  # LeRobot scales by a float32 sqrt
         self.scaling = vlm.head_dim**-0.5
         side = vision.image_size // vision.patch_size
         self.tokens_per_image = side * side

@@ -23,6 +23,7 @@ from typing import Any
 
 from reflex_ros.policies.lerobot.checkpoint import CheckpointFacts
 from reflex_ros.policies.lerobot.errors import CheckpointError
+from reflex_ros.policies.lerobot.hub_cache import resolve_repo_dir
 from reflex_ros.policies.lerobot.spec import DecoderArch, VisionArch
 from reflex_ros.policies.lerobot.spec_common import read_hub_config
 
@@ -66,6 +67,10 @@ def _vision_heads(width: int, layers: int, hub_id: str) -> int:
             return int(vision["num_attention_heads"])
     if width == 1152:
         return 16
+    if hub is None and hub_id:
+        # the tokenizer repo the checkpoint names is not cached at all: that is the problem
+        # to report (with its download command), and fetching it also answers the head count
+        resolve_repo_dir(hub_id, required=("config.json",))
     raise CheckpointError(
         f"cannot tell the SigLIP head count of a {width}-wide vision tower from the weights, and the "
         f"config.json of {hub_id!r} in the HF cache does not describe it; pass overrides="

@@ -29,6 +29,7 @@ import math
 import re
 from collections.abc import Mapping
 
+import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
@@ -88,7 +89,7 @@ class SmolVLAModel(nn.Module):
         self.action_time_mlp_out = nn.Linear(expert.hidden_size, expert.hidden_size)
         self.time_embedding = SinusoidalTimeEmbedding(expert.hidden_size, spec.min_period, spec.max_period)
         self.rope = RotaryEmbedding(vlm.head_dim, vlm.rope_theta, "smolvla")
-        self.scale = float(torch.tensor(vlm.hidden_size**0.5, dtype=torch.float32))
+        self.scale = float(np.float32(vlm.hidden_size**0.5))  # a float32 sqrt, as LeRobot's
         self.scaling = vlm.head_dim**-0.5
         self.tokens_per_image = (spec.image_hw[0] // vision.patch_size) * (spec.image_hw[1] // vision.patch_size)
         self.tokens_per_image //= factor * factor
