@@ -29,8 +29,8 @@ import numpy as np
 
 from reflex_ros.control.chunking import ChunkError, PlannedChunk, SafetyLimits, control_period_ns
 from reflex_ros.control.observation import AssembledObservation, ObservationAssembler
-from reflex_ros.control.params import Settings
-from reflex_ros.control.strategies import ChunkRequest, ChunkStrategy
+from reflex_ros.control.params import Settings, check_all
+from reflex_ros.control.strategies import ChunkRequest, ChunkStrategy, make_strategy
 from reflex_ros.engine.types import ChunkResult, Engine, Observation, ObservationError, ReflexError
 
 LOG_THROTTLE_S = 2.0
@@ -146,6 +146,20 @@ class ControlLoop:
         self.failure: str | None = None  # set when the engine failed; the loop has stopped
         self.watchdog_stale = False
 
+    @classmethod
+    def build(cls, engine: Engine, settings: Settings, *, publish: Callable[..., None], now_ns: Callable[[], int],
+              logger: Logger, subscribers: Iterable[LoopSubscriber] = (), pinned: Iterable[str] = ()) -> ControlLoop:
+        """The loop the parameters describe: its assembler (camera topics and message type,
+        joints, sync capacity), the chunk strategy, and every rule of the parameter table
+        (with the engine's limits) as the settings validator."""
+        assembler = ObservationAssembler(
+            settings.camera_topics, settings.joint_names, joint_topic=settings.joint_states_topic,
+            camera_type=settings.camera_message_type, image_size=engine.info.image_size,
+            on_zero_stamp=lambda topic: logger.warning(f"{topic}: header.stamp is 0; using the arrival time instead"))
+        return cls(engine=engine, assembler=assembler, strategy=make_strategy(settings.chunk_strategy),
+                   settings=settings, publish=publish, now_ns=now_ns, logger=logger, subscribers=subscribers,
+                   validate=lambda values: check_all(values, engine.info), pinned=pinned)
+
     # ------------------------------------------------------------------ subscribers
 
     def _notify(self, method: str, *args: Any) -> None:
@@ -212,15 +226,16 @@ class ControlLoop:
             self._limits = cached
         return cached[1]
 
-    def hold_positions(self) -> np.ndarray | None:
-        """The last measured positions, clamped to the position limits (a hold is a command
-        like any other: an arm that drifted past a soft limit is brought back inside it), or
-        None before any joint state."""
+    def hold_command(self) -> tuple[np.ndarray, int] | None:
+        """(positions, control period ns) to hold: the last measured positions, clamped to the
+        position limits (a hold is a command like any other: an arm that drifted past a soft
+        limit is brought back inside it), or None before any joint state."""
         state = self.assembler.last_state
         if state is None:
             return None
         limits = self.limits
-        return np.clip(np.asarray(state, dtype=np.float64), limits.position_lower, limits.position_upper)
+        positions = np.clip(np.asarray(state, dtype=np.float64), limits.position_lower, limits.position_upper)
+        return positions, control_period_ns(self._settings.control_frequency_hz)
 
     # ------------------------------------------------------------------ running
 

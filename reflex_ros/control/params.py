@@ -294,6 +294,24 @@ def check_consistency(values: Mapping[str, Any], *, n_joints: int | None, engine
     return None
 
 
+def check_all(values: Mapping[str, Any], engine: Any | None = None) -> str | None:
+    """Every rule for a complete set of values: each value's own, then the cross-parameter
+    ones (with the loaded engine's limits when ``engine`` is its EngineInfo)."""
+    for name, value in values.items():
+        if name in SPECS and (reason := check_value(name, value)) is not None:
+            return reason
+    return check_with_engine(values, engine)
+
+
+def check_with_engine(values: Mapping[str, Any], engine: Any | None) -> str | None:
+    """:func:`check_consistency` with the joint count from ``values`` and the limits of
+    ``engine`` (an EngineInfo, or None before one is loaded)."""
+    joints = values.get("joint_names")
+    return check_consistency(values, n_joints=len(joints) if joints else None,
+                             engine_rows=engine.chunk_size if engine is not None else None,
+                             supported_nfe=tuple(engine.supported_nfe) if engine is not None else None)
+
+
 def _frozen(value: Any) -> Any:
     return tuple(value) if isinstance(value, list | tuple) else value
 

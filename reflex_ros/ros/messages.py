@@ -14,6 +14,8 @@ from __future__ import annotations
 import array
 import struct
 from collections.abc import Sequence
+from importlib import import_module
+from typing import Any
 
 import numpy as np
 from builtin_interfaces.msg import Duration, Time
@@ -23,6 +25,12 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from reflex_ros.control.chunking import PlannedChunk
 from reflex_ros.control.stamps import ns_to_sec_nanosec
 from reflex_ros.msg import ActionChunk
+
+
+def message_class(type_name: str) -> Any:
+    """``sensor_msgs/msg/Image`` -> the rclpy message class."""
+    package, _, name = type_name.split("/")
+    return getattr(import_module(f"{package}.msg"), name)
 
 
 def f64_array(values: np.ndarray) -> array.array:

@@ -1,22 +1,18 @@
 """The lifecycle policy node: a thin adapter between ROS 2 and the ROS-free control loop.
 
-What happens to an observation lives in :mod:`reflex_ros.control` (assembler, loop, chunk
-strategy, safety); this module maps it onto ROS:
+What happens to an observation lives in :mod:`reflex_ros.control`; this maps it onto ROS:
 
-- lifecycle, as ros2/demos' lifecycle talker does it: configure loads and warms the engine
-  and creates every interface (the loop, publishers, subscriptions, the failure timer);
-  cleanup destroys them; activate starts the loop, deactivate stops it and publishes a
-  hold-position trajectory. An engine exception in the loop drives deactivate -> error
-  processing -> unconfigured: the node stays alive and can be configured again. Any
-  configure failure -> FAILURE with one log line; retry works.
-- threads: the executor thread runs the subscriptions (O(1) checks and buffering:
-  ``ControlLoop.offer_*``), services, parameter callbacks and the 1 Hz diagnostics timer;
-  the loop runs inference on its own thread, so messages keep flowing meanwhile.
-- parameters: declared from one table (:mod:`reflex_ros.control.params`). They are the
-  user's way in (validated with a reason rqt shows, then handed to the loop, which owns the
-  live settings) and a view of what the loop uses (calibrated and learned values, the
-  ~/instruction topic), refreshed once a second. Reconfigure-only parameters are
-  described as read-only while configured.
+- lifecycle, as ros2/demos' lifecycle talker: configure (``control/configure.py``) loads and
+  warms the engine and creates every interface; cleanup destroys them; activate starts the
+  loop, deactivate stops it and publishes a hold-position trajectory. An engine failure drives
+  deactivate -> error processing -> unconfigured; the node can be configured again. A failed
+  configure is one log line, and a retry works.
+- threads: the executor thread runs subscriptions (O(1) checks and buffering), services,
+  parameter callbacks and the 1 Hz timer; the loop infers on its own thread.
+- parameters (declared from ``control/params.py``): the user's way in (validated with a
+  reason rqt shows, then handed to the loop, which owns the live settings) and a view of
+  what the loop uses (calibrated and learned values, ~/instruction), refreshed at 1 Hz.
+  Reconfigure-only parameters are described read-only while configured.
 
 Run: ``python -m reflex_ros.ros.policy_node --ros-args -p export_dir:=DIR -p embodiment:=so100``.
 """
@@ -31,7 +27,6 @@ import time
 from collections.abc import Mapping
 from contextlib import contextmanager
 from functools import partial
-from importlib import import_module
 from typing import Any
 
 from diagnostic_msgs.msg import DiagnosticArray
@@ -43,59 +38,27 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import String
 from trajectory_msgs.msg import JointTrajectory
 
-from reflex_ros.control.chunking import control_period_ns
-from reflex_ros.control.embodiment import EmbodimentError, available_embodiments, load_embodiment
+from reflex_ros import vocab
+from reflex_ros.control import configure
+from reflex_ros.control import params as P
+from reflex_ros.control.configure import ConfigureError
+from reflex_ros.control.embodiment import EmbodimentError, load_embodiment
 from reflex_ros.control.loop import INPUT, USER, ControlLoop
-from reflex_ros.control.observation import ObservationAssembler
-from reflex_ros.control.params import (
-    PARAMS,
-    RECONFIGURE_ONLY,
-    SPECS,
-    Settings,
-    check_consistency,
-    check_value,
-    embodiment_defaults,
-)
 from reflex_ros.control.stats import LoopStats, diagnostic_status
-from reflex_ros.control.strategies import make_strategy
 from reflex_ros.engine.types import ReflexError
 from reflex_ros.msg import ActionChunk
-from reflex_ros.ros.messages import (
-    TrajectoryBuilder,
-    action_chunk_msg,
-    build_diagnostic_array,
-    hold_trajectory_msg,
-)
+from reflex_ros.ros import messages as M
 from reflex_ros.ros.params import NODE_OPTIONS, declare_parameters, given_value, parameter_values
-from reflex_ros.ros.process import ros_context, spin_until
-from reflex_ros.vocab import (
-    ACTION_CHUNK_TOPIC,
-    DIAGNOSTICS_TOPIC,
-    INSTRUCTION_TOPIC,
-    NODE_NAME,
-    ONNX,
-    TRAJECTORY_TOPIC,
-)
+from reflex_ros.ros.process import make_executor, ros_context, spin_until
 
 WARMUP_ITERATIONS = 3
 FAILURE_POLL_S = 0.05
-SMALL_HOST_CPUS = 4  # intra_op_threads 0 -> 1 thread at or below this many cores
-
-
-class ConfigureError(ReflexError):
-    """configure cannot succeed; the message is the one log line the user sees."""
-
-
-def message_class(type_name: str) -> Any:
-    """``sensor_msgs/msg/Image`` -> the rclpy message class."""
-    package, _, name = type_name.split("/")
-    return getattr(import_module(f"{package}.msg"), name)
 
 
 class PolicyNode(LifecycleNode):
     """See the module docstring. Construct inside an initialised rclpy context."""
 
-    def __init__(self, node_name: str = NODE_NAME, **kwargs: Any) -> None:
+    def __init__(self, node_name: str = vocab.NODE_NAME, **kwargs: Any) -> None:
         super().__init__(node_name, **{**kwargs, **NODE_OPTIONS})
         self.stats = LoopStats()  # one for the node's life: counters add up across configures
         self._loop: ControlLoop | None = None
@@ -105,25 +68,25 @@ class PolicyNode(LifecycleNode):
         self._subs: list[Any] = []
         self._failure_timer: Any = None
         self._view_depth = 0  # >0 while the node writes the parameter view itself
-        self._traj_builder = TrajectoryBuilder()  # control-loop thread only
+        self._traj_builder = M.TrajectoryBuilder()  # control-loop thread only
         self._finalized = threading.Event()
         embodiment, defaults = given_value(self, "embodiment"), {}
         if embodiment:
             try:
-                defaults = embodiment_defaults(load_embodiment(embodiment))
+                defaults = P.embodiment_defaults(load_embodiment(embodiment))
             except EmbodimentError as exc:  # reported again (and fatal) at configure
                 self.get_logger().error(str(exc))
-        self._explicit = declare_parameters(self, PARAMS, defaults)
+        self._explicit = declare_parameters(self, P.PARAMS, defaults)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.add_post_set_parameters_callback(self._on_parameters_set)
         # diagnostics run in every state, so "unconfigured because ..." is visible too
-        self._diag_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, 10)
+        self._diag_pub = self.create_publisher(DiagnosticArray, vocab.DIAGNOSTICS_TOPIC, 10)
         self._diag_timer = self.create_timer(1.0, self._on_tick)
 
     # ------------------------------------------------------------------ parameters
 
     def parameter_values(self) -> dict[str, Any]:
-        return parameter_values(self, SPECS)
+        return parameter_values(self, P.SPECS)
 
     @property
     def explicit_parameters(self) -> dict[str, Any]:
@@ -143,7 +106,7 @@ class PolicyNode(LifecycleNode):
     def _set_view(self, values: Mapping[str, Any]) -> None:
         """Show ``values`` in the parameters (not explicit, not validated again)."""
         current = self.parameter_values()
-        changed = [Parameter(k, value=v) for k, v in values.items() if k in SPECS and current[k] != v and v is not None]
+        changed = [Parameter(k, value=v) for k, v in values.items() if k in P.SPECS and current[k] != v and v is not None]
         if changed:
             with self._writing_view():
                 for result in self.set_parameters(changed):
@@ -154,45 +117,28 @@ class PolicyNode(LifecycleNode):
         """Reconfigure-only parameters read as read-only while configured (rqt greys them out;
         the set callback refuses them regardless)."""
         desc = super().describe_parameter(name)
-        if self._loop is not None and name in RECONFIGURE_ONLY and not desc.read_only:
+        if self._loop is not None and name in P.RECONFIGURE_ONLY and not desc.read_only:
             desc = copy.copy(desc)
             desc.read_only = True
         return desc
 
-    def _limits_of_engine(self) -> dict[str, Any]:
-        loop = self._loop
-        if loop is None:
-            return {"engine_rows": None, "supported_nfe": None}
-        info = loop.engine.info
-        return {"engine_rows": info.chunk_size, "supported_nfe": tuple(info.supported_nfe)}
-
-    def _validate(self, values: dict[str, Any]) -> str | None:
-        """Every rule of the table for a complete set of values (the loop checks automatic
-        changes with it; user changes were checked one by one in the set callback)."""
-        for name, value in values.items():
-            if name in SPECS and (reason := check_value(name, value)) is not None:
-                return reason
-        joints = values.get("joint_names")
-        return check_consistency(values, n_joints=len(joints) if joints else None, **self._limits_of_engine())
-
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
         """Validate a change; the reason reaches rqt / `ros2 param set` verbatim."""
-        ours = [p for p in params if p.name in SPECS]
+        ours = [p for p in params if p.name in P.SPECS]
         if self._view_depth or not ours:
             return SetParametersResult(successful=True)
         loop = self._loop
         proposed = loop.settings.as_dict() if loop is not None else self.parameter_values()
         for p in ours:
-            if p.name in RECONFIGURE_ONLY and loop is not None:
+            if p.name in P.RECONFIGURE_ONLY and loop is not None:
                 return SetParametersResult(successful=False, reason=(
                     f"{p.name} is read-only while configured (it takes effect at configure): deactivate and "
                     f"cleanup the node, change it, then configure again"))
             value = list(p.value) if isinstance(p.value, list | tuple) else p.value
-            if (reason := check_value(p.name, value)) is not None:
+            if (reason := P.check_value(p.name, value)) is not None:
                 return SetParametersResult(successful=False, reason=reason)
             proposed[p.name] = value
-        joints = proposed.get("joint_names")
-        reason = check_consistency(proposed, n_joints=len(joints) if joints else None, **self._limits_of_engine())
+        reason = P.check_with_engine(proposed, loop.engine.info if loop is not None else None)
         return SetParametersResult(successful=reason is None, reason=reason or "")
 
     def _on_parameters_set(self, params: list[Parameter]) -> None:
@@ -200,7 +146,7 @@ class PolicyNode(LifecycleNode):
         if self._view_depth:
             return
         changes = {p.name: list(p.value) if isinstance(p.value, list | tuple) else p.value
-                   for p in params if p.name in SPECS}
+                   for p in params if p.name in P.SPECS}
         self._explicit.update(changes)
         if self._loop is not None and changes:
             update = self._loop.update_settings(changes, source=USER)
@@ -291,50 +237,21 @@ class PolicyNode(LifecycleNode):
         from reflex_ros.engine.loader import load_engine
 
         self.stats.last_error = ""
-        values = self.parameter_values()
-        if values["embodiment"]:
-            emb = load_embodiment(values["embodiment"])
-            values.update({k: v for k, v in embodiment_defaults(emb).items() if k not in self._explicit})
-        joints, cameras = values["joint_names"], values["camera_topics"]
-        if not values["export_dir"]:
-            raise ConfigureError("export_dir is empty: pass -p export_dir:=DIR (a `reflex-ros export` directory)")
-        if not joints:
-            raise ConfigureError(f"joint_names is not set: pass -p joint_names:=[...] or an embodiment "
-                                 f"(available: {', '.join(available_embodiments())})")
-        for spec in PARAMS:
-            if spec.per_joint and values[spec.name] is None:
-                raise ConfigureError(f"{spec.name} is not set: give one value per joint or an embodiment")
-        if (reason := check_consistency(values, n_joints=len(joints), engine_rows=None, supported_nfe=None)):
-            raise ConfigureError(reason)
+        values = configure.with_embodiment(self.parameter_values(), self._explicit)
+        configure.check_required(values)
         calibration = None
         if values["auto_calibrate"]:
             from reflex_ros.calibration.live import LiveCalibration
 
             calibration = LiveCalibration(values, self.explicit_parameters, self.get_logger())
             values.update(calibration.select_runtime(values))
-        threads = values["intra_op_threads"] or (1 if (os.cpu_count() or 1) <= SMALL_HOST_CPUS else 0)
-        extra = {"intra_op_threads": threads} if values["engine"] == ONNX and threads else {}
-        engine = load_engine(values["export_dir"], engine=values["engine"], provider=values["provider"] or None,
-                             dtype=values["dtype"], cuda_graph=bool(values["cuda_graph"]), **extra)
+        engine = load_engine(values["export_dir"], **configure.engine_options(values))
         try:
-            info = engine.info
-            for limit, what in ((info.action_dim, "action_dim"), (info.max_state_dim, "max_state_dim")):
-                if len(joints) > limit:
-                    raise ConfigureError(f"{len(joints)} joint_names {joints} but the export's {what} is {limit}")
-            if len(cameras) != info.num_cameras:
-                raise ConfigureError(f"the export expects {info.num_cameras} camera(s) but camera_topics lists "
-                                     f"{len(cameras)}: {cameras}")
-            if values["chunk_size"] > info.chunk_size and "chunk_size" not in self._explicit:
-                self.get_logger().warning(f"embodiment chunk_size {values['chunk_size']} exceeds the export's "
-                                          f"{info.chunk_size} rows; using {info.chunk_size}")
-                values["chunk_size"] = info.chunk_size
+            values = configure.fit_engine(values, engine.info, self._explicit, self.get_logger().warning)
             if calibration is not None:
                 values.update(calibration.resolve(engine, values))
-            reason = check_consistency(values, n_joints=len(joints), engine_rows=info.chunk_size,
-                                       supported_nfe=tuple(info.supported_nfe))
-            if reason is not None:
-                raise ConfigureError(reason)
-            self._loop = self._make_loop(engine, Settings(values), calibration)
+            configure.check_ready(values, engine.info)
+            self._loop = self._make_loop(engine, P.Settings(values), calibration)
         except BaseException:
             engine.close()
             raise
@@ -342,35 +259,30 @@ class PolicyNode(LifecycleNode):
         warm_ms = self._loop.warm_up(WARMUP_ITERATIONS)
         self._create_interfaces(values)
         self._set_view(values)
-        s = self._loop.settings
+        info, s = engine.info, self._loop.settings
         return (f"engine={info.engine} provider={info.provider} dtype={info.dtype} "
                 f"nfe={s.nfe or info.extra.get('default_nfe', 'default')} chunk={s.chunk_size or info.chunk_size} "
-                f"joints={len(joints)} cameras={len(cameras)} model={info.model_hash} warm-up={warm_ms:.0f} ms "
-                f"calibration={calibration.state if calibration is not None else 'off'}")
+                f"joints={len(s.joint_names)} cameras={len(s.camera_topics)} model={info.model_hash} "
+                f"warm-up={warm_ms:.0f} ms calibration={calibration.state if calibration is not None else 'off'}")
 
-    def _make_loop(self, engine: Any, settings: Settings, calibration: Any) -> ControlLoop:
-        logger = self.get_logger()
-        assembler = ObservationAssembler(
-            settings.camera_topics, settings.joint_names, joint_topic=settings.joint_states_topic,
-            camera_type=settings.camera_message_type, image_size=engine.info.image_size,
-            on_zero_stamp=lambda topic: logger.warning(f"{topic}: header.stamp is 0; using the arrival time instead"))
+    def _make_loop(self, engine: Any, settings: P.Settings, calibration: Any) -> ControlLoop:
         subscribers = [self.stats] + ([calibration] if calibration is not None else [])
-        return ControlLoop(engine=engine, assembler=assembler, strategy=make_strategy(settings.chunk_strategy),
-                           settings=settings, publish=self._publish_chunk, now_ns=lambda: self.get_clock().now().nanoseconds,
-                           logger=logger, subscribers=subscribers, validate=self._validate, pinned=self._explicit)
+        return ControlLoop.build(engine, settings, publish=self._publish_chunk, logger=self.get_logger(),
+                                 now_ns=lambda: self.get_clock().now().nanoseconds, subscribers=subscribers,
+                                 pinned=self._explicit)
 
     def _create_interfaces(self, values: Mapping[str, Any]) -> None:
         loop = self._loop
-        self._traj_pub = self.create_lifecycle_publisher(JointTrajectory, TRAJECTORY_TOPIC, 10)
-        self._chunk_pub = self.create_lifecycle_publisher(ActionChunk, ACTION_CHUNK_TOPIC, 10)
-        camera_type = message_class(values["camera_message_type"])
+        self._traj_pub = self.create_lifecycle_publisher(JointTrajectory, vocab.TRAJECTORY_TOPIC, 10)
+        self._chunk_pub = self.create_lifecycle_publisher(ActionChunk, vocab.ACTION_CHUNK_TOPIC, 10)
+        camera_type = M.message_class(values["camera_message_type"])
         for topic in values["camera_topics"]:
             self._subs.append(self.create_subscription(camera_type, topic, partial(loop.offer_camera, topic),
                                                        qos_profile_sensor_data))
         reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
         self._subs.append(self.create_subscription(JointState, values["joint_states_topic"], loop.offer_joint_state,
                                                    reliable))
-        self._subs.append(self.create_subscription(String, INSTRUCTION_TOPIC, self._on_instruction, 10))
+        self._subs.append(self.create_subscription(String, vocab.INSTRUCTION_TOPIC, self._on_instruction, 10))
         # The loop cannot run a lifecycle transition itself (they belong to the executor thread);
         # this timer notices an engine failure and starts error processing.
         self._failure_timer = self.create_timer(FAILURE_POLL_S, self._on_failure_poll)
@@ -410,24 +322,23 @@ class PolicyNode(LifecycleNode):
         if loop is not None and loop.failure is not None and self.lifecycle_state == "active":
             self.trigger_deactivate()
 
-    def _publish_chunk(self, plan: Any, result: Any, s: Settings, inference_ms: float) -> None:
+    def _publish_chunk(self, plan: Any, result: Any, s: P.Settings, inference_ms: float) -> None:
         """The loop's sink (control thread): CDR bytes for the trajectory, the chunk message."""
         names = self._loop.assembler.joint_names
         self._traj_pub.publish(self._traj_builder.serialized(plan, names))
-        self._chunk_pub.publish(action_chunk_msg(
+        self._chunk_pub.publish(M.action_chunk_msg(
             plan, names, latency_compensation_ms=s.latency_compensation_ms,
             inference_ms=float(result.timings_ms.get("total", inference_ms)), nfe=result.nfe,
             model_hash=self._loop.engine.info.model_hash))
 
     def _publish_hold(self) -> bool:
         """Hold the last measured positions so a controller stops executing a stale chunk."""
-        positions = self._loop.hold_positions()
-        if positions is None:
+        hold = self._loop.hold_command()
+        if hold is None:
             self.get_logger().warning("no joint state received yet: no hold-position trajectory sent")
             return False
         try:
-            period = control_period_ns(self._loop.settings.control_frequency_hz)
-            self._traj_pub.publish(hold_trajectory_msg(positions, self._loop.assembler.joint_names, period))
+            self._traj_pub.publish(M.hold_trajectory_msg(hold[0], self._loop.assembler.joint_names, hold[1]))
         except Exception as exc:
             self.get_logger().error(f"hold trajectory: {type(exc).__name__}: {exc}")
             return False
@@ -441,35 +352,18 @@ class PolicyNode(LifecycleNode):
             if loop is not None:
                 self._set_view(loop.settings.as_dict())
                 loop.housekeeping()
-            settings = loop.settings if loop is not None else Settings(self.parameter_values())
+            settings = loop.settings if loop is not None else P.Settings(self.parameter_values())
             info = loop.engine.info if loop is not None else None
             calibration = self._calibration.state if self._calibration is not None else "off"
             level, message, values = diagnostic_status(
                 label, self.stats, watchdog_stale=loop is not None and loop.watchdog_stale, engine_info=info,
                 settings=settings, calibration_state=calibration)
-            self._diag_pub.publish(build_diagnostic_array(
+            self._diag_pub.publish(M.build_diagnostic_array(
                 stamp_ns=self.get_clock().now().nanoseconds, node_name=self.get_name(),
                 hardware_id=info.model_hash if info is not None else "none", level=level, message=message,
                 values=values))
         except Exception as exc:
             self.get_logger().error(f"diagnostics: {type(exc).__name__}: {exc}", throttle_duration_sec=2.0)
-
-
-def _make_executor() -> Any:
-    """rclpy's EventsExecutor where available (Jazzy+): its C++ event queue dispatches a
-    message in a fraction of the single-threaded executor's Python wait-set rebuild, which is
-    most of what a 100 Hz joint state + camera stream costs the node. REFLEX_EXECUTOR=single
-    selects the classic executor."""
-    from rclpy.executors import SingleThreadedExecutor
-
-    if os.environ.get("REFLEX_EXECUTOR", "events") == "events":
-        try:
-            from rclpy.experimental import EventsExecutor
-
-            return EventsExecutor()
-        except ImportError:
-            pass
-    return SingleThreadedExecutor()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -480,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.setswitchinterval(float(os.environ.get("REFLEX_GIL_SWITCH_S", "0.0005")))
     with ros_context(sys.argv if argv is None else argv) as stop:
         node = PolicyNode()
-        executor = _make_executor()
+        executor = make_executor()
         executor.add_node(node)
         node.get_logger().info(f"ready (unconfigured); explicit parameters: {sorted(node.explicit_parameters)}")
         try:
