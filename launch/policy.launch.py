@@ -21,6 +21,8 @@ from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 from lifecycle_msgs.msg import Transition
 
+from reflex_ros.vocab import NODE_NAME
+
 
 def generate_launch_description() -> LaunchDescription:
     export_dir = LaunchConfiguration("export_dir")
@@ -46,7 +48,7 @@ def generate_launch_description() -> LaunchDescription:
     policy_node = LifecycleNode(
         package="reflex_ros",
         executable="policy_node",
-        name="reflex_policy",
+        name=NODE_NAME,
         namespace="",
         output="screen",
         parameters=[

@@ -117,7 +117,9 @@ def test_launch_file_declares_the_arguments_and_autostarts() -> None:
     assert args == {"export_dir", "embodiment", "auto_calibrate", "params_file"}
     (node,) = _calls(tree, "LifecycleNode")
     kw = {k.arg: k.value for k in node.keywords}
-    assert kw["package"].value == "reflex_ros" and kw["name"].value == "reflex_policy"
+    assert kw["package"].value == "reflex_ros" and kw["name"].id == "NODE_NAME"
+    assert any(isinstance(n, ast.ImportFrom) and n.module == "reflex_ros.vocab" and
+               [a.name for a in n.names] == ["NODE_NAME"] for n in tree.body)
     params = kw["parameters"]
     passed = {k.value for d in ast.walk(params) if isinstance(d, ast.Dict) for k in d.keys}
     assert passed == {"export_dir", "embodiment", "auto_calibrate"} and passed <= set(P.SPECS)

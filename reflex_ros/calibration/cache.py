@@ -34,17 +34,18 @@ import os
 import sys
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from reflex_ros.calibration.fingerprint import matches
 from reflex_ros.engine.types import ReflexError
+from reflex_ros.vocab import DEFAULT_CALIBRATION_CACHE
 
 SCHEMA_VERSION = 1
 MAX_AGE_DAYS = 30.0
-DEFAULT_CACHE_PATH = "~/.reflex/calibration.json"
+DEFAULT_CACHE_PATH = DEFAULT_CALIBRATION_CACHE
 
 ENTRY_REQUIRED_KEYS: tuple[str, ...] = (
     "chunk_size",
@@ -305,7 +306,6 @@ class ReadResult:
     document: dict[str, Any] | None = None
     error: str | None = None
     moved_to: Path | None = None
-    dropped_entries: dict[str, str] = field(default_factory=dict)
 
 
 def read_cache_file(path: Path) -> ReadResult:

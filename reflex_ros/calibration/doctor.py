@@ -18,6 +18,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from reflex_ros.vocab import DEFAULT_CALIBRATION_CACHE
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -30,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="list every entry of the calibration cache with its staleness")
     parser.add_argument("--format", choices=("text", "json"), default="text", help="output format (json for CI)")
     parser.add_argument("--calibration-cache", default=None, metavar="PATH",
-                        help="cache file (default ~/.reflex/calibration.json)")
+                        help=f"cache file (default {DEFAULT_CALIBRATION_CACHE})")
     parser.set_defaults(func=run_doctor)
 
 

@@ -57,11 +57,6 @@ class Measurement:
     measure_s: float = 0.0
     samples_ms: list[float] = field(default_factory=list, repr=False)
 
-    @property
-    def fixed_ms(self) -> float:
-        """Per-chunk cost that does not scale with NFE (preprocess + VLM prefix)."""
-        return self.prefix_ms + self.preprocess_ms
-
     def quality_dict(self) -> dict[str, Any]:
         """The seed's ``measurement_quality`` block."""
         return {

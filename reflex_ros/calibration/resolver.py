@@ -31,12 +31,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reflex_ros.engine.types import NFE_CHOICES
+from reflex_ros.vocab import CPU, CUDA, FP8, FP16, FP32, INT8, TRT
 
 BUDGET_FRACTION = 0.7
-TRT = "TensorrtExecutionProvider"
-CUDA = "CUDAExecutionProvider"
-CPU = "CPUExecutionProvider"
-PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8", "fp8")
+PRECISIONS: tuple[str, ...] = (FP32, FP16, INT8, FP8)  # what step 1 chooses from
 FP8_MIN_COMPUTE_CAPABILITY = (8, 9)
 NO_NFE_FITS = "No NFE fits budget — falling back to NFE=1"
 LOG_PREFIX = "[auto-calibrate]"
@@ -75,24 +73,24 @@ def select_variant(
     gpu = compute_capability is not None and (CUDA in providers or TRT in providers)
     trt_ok = gpu and TRT in providers and max_batch == 1
     if gpu:
-        if "fp8" in export_precisions and trt_ok and compute_capability >= FP8_MIN_COMPUTE_CAPABILITY:
+        if FP8 in export_precisions and trt_ok and compute_capability >= FP8_MIN_COMPUTE_CAPABILITY:
             sm = f"sm_{compute_capability[0]}{compute_capability[1]}"
-            return "fp8", f"fp8 graph present, {sm} >= sm_89, TensorRT available"
+            return FP8, f"fp8 graph present, {sm} >= sm_89, TensorRT available"
         if trt_ok:
-            return "fp16", "GPU with TensorRT at batch 1 (fp16 kernels)"
-        if "fp16" in export_precisions and CUDA in providers:
-            return "fp16", "fp16 graph present, CUDA available"
-        return "fp32", "GPU without TensorRT at batch 1 and no fp16 graph"
-    if "int8" in export_precisions:
-        return "int8", "CPU host, int8 graph present"
-    return "fp32", "CPU host"
+            return FP16, "GPU with TensorRT at batch 1 (fp16 kernels)"
+        if FP16 in export_precisions and CUDA in providers:
+            return FP16, "fp16 graph present, CUDA available"
+        return FP32, "GPU without TensorRT at batch 1 and no fp16 graph"
+    if INT8 in export_precisions:
+        return INT8, "CPU host, int8 graph present"
+    return FP32, "CPU host"
 
 
 def select_provider(variant: str, providers: Collection[str], gpu: bool, max_batch: int = 1) -> tuple[str, str]:
     """Step 2. TensorRT-EP needs fp16 (or fp8) and batch 1; then CUDA-EP; then CPU-EP."""
-    if gpu and variant in ("fp16", "fp8") and max_batch == 1 and TRT in providers:
+    if gpu and variant in (FP16, FP8) and max_batch == 1 and TRT in providers:
         return TRT, f"{variant} at batch 1"
-    if variant == "fp8":  # only TensorRT runs fp8; select_variant never gets here without it
+    if variant == FP8:  # only TensorRT runs fp8; select_variant never gets here without it
         raise ValueError("fp8 needs TensorrtExecutionProvider at batch 1")
     if gpu and CUDA in providers:
         return CUDA, "GPU" + (f", batch {max_batch} rules out TensorRT" if max_batch > 1 else "")
@@ -163,7 +161,7 @@ class ResolverInputs:
     default_chunk_size: int
     cold_start_latency_ms: float
     engine_chunk_size: int | None = None
-    export_precisions: tuple[str, ...] = ("fp32",)
+    export_precisions: tuple[str, ...] = (FP32,)
     compute_capability: tuple[int, int] | None = None
     providers: tuple[str, ...] = (CPU,)
     max_batch: int = 1

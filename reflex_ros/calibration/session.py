@@ -41,6 +41,7 @@ from reflex_ros.calibration.fingerprint import collect_fingerprint, gpu_compute_
 from reflex_ros.calibration.measure import LOW_QUALITY, Measurement, measure_engine, synthetic_observation
 from reflex_ros.calibration.tracker import CHECK_EVERY, LatencyTracker
 from reflex_ros.engine.types import Engine, ReflexError
+from reflex_ros.vocab import CPU, FP32, ONNX, TORCH
 
 LOG = rs.LOG_PREFIX
 _PRECISION_IN_NAME = re.compile(r"(?:^|[_.\-])(fp16|int8|fp8)(?:[_.\-]|$)")
@@ -102,7 +103,7 @@ def _engine_runtime(engine: Engine) -> tuple[str, str]:
     """(provider, variant) the loaded engine actually runs, in the resolver's names."""
     info = engine.info
     provider = info.provider
-    if info.engine == "torch":
+    if info.engine == TORCH:
         provider = rs.CUDA if str(provider).startswith("cuda") else rs.CPU
     return provider, info.dtype
 
@@ -148,8 +149,8 @@ class CalibrationSession:
         self._key = ""
         self._supported_nfe: tuple[int, ...] = ()
         self._engine_chunk_size: int | None = None
-        self._runtime: tuple[str, str] = (rs.CPU, "fp32")
-        self._hardware: tuple[tuple[int, int] | None, tuple[str, ...], tuple[str, ...]] = (None, (rs.CPU,), ("fp32",))
+        self._runtime: tuple[str, str] = (CPU, FP32)
+        self._hardware: tuple[tuple[int, int] | None, tuple[str, ...], tuple[str, ...]] = (None, (CPU,), (FP32,))
         self._resolve_state = "not resolved"
         self._last: Resolution | None = None
 
@@ -287,7 +288,7 @@ class CalibrationSession:
         self._engine_chunk_size = int(info.chunk_size)
         self._runtime = _engine_runtime(engine)
         fingerprint = collect_fingerprint()
-        providers = onnx_providers() if info.engine == "onnx" else (
+        providers = onnx_providers() if info.engine == ONNX else (
             (rs.CUDA, rs.CPU) if self._runtime[0] == rs.CUDA else (rs.CPU,))
         self._hardware = (gpu_compute_capability(fingerprint), providers,
                           export_precisions(info.extra.get("export_dir")))
