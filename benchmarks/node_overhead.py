@@ -9,7 +9,7 @@ from this process over DDS. Prints one table:
 - obs stamp -> publish - engine: everything that is not the model, *including* the wait
   between the newest observation and the next control tick (up to one input period:
   lower it with --input-rate-hz);
-- node overhead: obs stamp -> publish - engine - that wait: DDS in, decode/resize, sync,
+- node overhead: obs stamp -> publish - engine - that wait: DDS in, checks, sync, decode/resize,
   chunk planning (compensation + clamps), message building and publish;
 - the same "minus engine" figure measured outside the node (receive time here - stamp -
   ActionChunk.inference_ms), which adds DDS out;
@@ -68,7 +68,6 @@ def main(argv: list[str] | None = None) -> int:
     export = _export(args.export)
 
     import rclpy
-    from builtin_interfaces.msg import Time
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.context import Context
     from rclpy.executors import SingleThreadedExecutor
@@ -77,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     from reflex_ros.msg import ActionChunk
     from sensor_msgs.msg import Image, JointState
 
+    from reflex_ros.control.stamps import stamp_to_ns
+    from reflex_ros.ros.messages import time_msg
     from reflex_ros.ros.runner import PolicyNodeProcess
 
     params = {"control_frequency_hz": args.control_frequency_hz, "execute_steps": 1,
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def on_chunk(msg: ActionChunk) -> None:
             received.append((bench.get_clock().now().nanoseconds,
-                             msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec, msg.inference_ms))
+                             stamp_to_ns(msg.header.stamp), msg.inference_ms))
 
         def on_diag(msg: DiagnosticArray) -> None:
             for status in msg.status:
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             next_t = time.monotonic()
             while not stop.is_set():
                 now = clock.now().nanoseconds
-                stamp = Time(sec=now // 1_000_000_000, nanosec=now % 1_000_000_000)
+                stamp = time_msg(now)
                 js.header.stamp = stamp
                 img.header.stamp = stamp
                 js_pub.publish(js)
@@ -179,8 +180,8 @@ def main(argv: list[str] | None = None) -> int:
          d("obs_to_publish_minus_engine_p99_ms")),
         ("  of which: wait for the control tick", d("tick_wait_p50_ms"), d("tick_wait_p99_ms")),
         ("node overhead = the above - tick wait", d("node_overhead_p50_ms"), d("node_overhead_p99_ms")),
-        ("  input stamp -> decoded, buffered", d("input_latency_p50_ms"), d("input_latency_p99_ms")),
-        ("  cycle start -> publish - engine", d("cycle_overhead_p50_ms"), d("cycle_overhead_p99_ms")),
+        ("  input stamp -> checked, buffered", d("input_latency_p50_ms"), d("input_latency_p99_ms")),
+        ("  cycle start -> publish - engine (decode)", d("cycle_overhead_p50_ms"), d("cycle_overhead_p99_ms")),
         ("obs stamp -> received here - inference_ms", f"{_pct(ext, 50):.3f}", f"{_pct(ext, 99):.3f}"),
         ("driver side: stamp -> inputs published", f"{_pct(pub_cost, 50):.3f}", f"{_pct(pub_cost, 99):.3f}"),
     ]

@@ -18,6 +18,7 @@ from reflex_ros.apps import calibrate as calibrate_cli
 from reflex_ros.calibration.actuation_lag import estimate_actuation_lag_ms
 from reflex_ros.control.embodiment import load_embodiment
 from reflex_ros.control.jtc import commanded_series
+from reflex_ros.control.stamps import ns_to_sec_nanosec
 from reflex_ros.replay.bag_reader import BagError, default_typestore, read_bag
 
 REPO = Path(__file__).resolve().parent.parent
@@ -50,7 +51,7 @@ def write_bag(path: Path, storage: str, *, duration_s: float = 6.0, joint_names:
     Header = T["std_msgs/msg/Header"]
 
     def stamp(ns: int):
-        return Time(sec=int(ns // 1_000_000_000), nanosec=int(ns % 1_000_000_000))
+        return Time(*ns_to_sec_nanosec(ns))
 
     rng = np.random.default_rng(7)
     J = len(joint_names)
@@ -67,7 +68,7 @@ def write_bag(path: Path, storage: str, *, duration_s: float = 6.0, joint_names:
         if with_trajectory:
             points = [T["trajectory_msgs/msg/JointTrajectoryPoint"](
                 positions=positions[k].astype(np.float64), velocities=np.zeros(0), accelerations=np.zeros(0),
-                effort=np.zeros(0), time_from_start=Duration(sec=int(offsets[k] // 10**9), nanosec=int(offsets[k] % 10**9)))
+                effort=np.zeros(0), time_from_start=Duration(*ns_to_sec_nanosec(offsets[k])))
                 for k in range(chunk_rows)]
             traj = T["trajectory_msgs/msg/JointTrajectory"](header=Header(stamp=stamp(start), frame_id=""),
                                                             joint_names=list(joint_names), points=points)

@@ -212,7 +212,7 @@ def test_sim_time_mode_publishes_clock_and_stamps_from_it(listener: Listener, tm
 
     clocks: list[int] = []
     listener.node.create_subscription(
-        Clock, "/clock", lambda m: clocks.append(m.clock.sec * 1_000_000_000 + m.clock.nanosec), 100
+        Clock, "/clock", lambda m: clocks.append(_stamp_to_ns(m.clock)), 100
     )
     with sim_process(tmp_path, "publish_clock:=true", "real_time_factor:=2.0", "camera_rate_hz:=0.0") as sim:
         listener.wait_for(
