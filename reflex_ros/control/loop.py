@@ -204,14 +204,14 @@ class ControlLoop:
             old = self._settings
             pinned = {k: v for k, v in changes.items() if source == AUTO and k in self.pinned}
             wanted = {k: v for k, v in changes.items() if k not in pinned}
-            if source == USER:
-                self.pinned.update(wanted)
             new = old.replace(wanted)
             changed = {k: v for k, v in wanted.items() if getattr(old, k) != getattr(new, k)}
+            if changed and self._validate is not None and (reason := self._validate(new.as_dict())) is not None:
+                return SettingsUpdate(pinned=pinned, refused=reason)
+            if source == USER:
+                self.pinned.update(wanted)
             if not changed:
                 return SettingsUpdate(pinned=pinned)
-            if self._validate is not None and (reason := self._validate(new.as_dict())) is not None:
-                return SettingsUpdate(pinned=pinned, refused=reason)
             self._settings = new
         self._notify("on_settings_changed", changed, source)
         return SettingsUpdate(changed, pinned)
