@@ -270,3 +270,29 @@ def test_initial_positions_set_the_start_pose(listener: Listener, tmp_path: Path
     # placed there, and the servos hold the pose (gravity sag of a position servo is small)
     assert np.abs(first - start).max() < 0.05
     assert np.abs(held - start).max() < 0.1
+
+
+def test_sim_parameters_come_from_their_table():
+    """Declared from SIM_PARAMS like the policy node's (ros/params.py): descriptors with the
+    table's ranges and read-only flags, command-line integers accepted for doubles."""
+    from rclpy.parameter import Parameter
+
+    from reflex_ros.sim.sim_node import SIM_PARAMS, SimNode
+
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    node = SimNode(context=context, parameter_overrides=[Parameter("actuation_delay_ms", value=80),
+                                                         Parameter("image_size", value=96)])
+    try:
+        assert node.get_parameter("actuation_delay_ms").value == 80.0  # an integer, coerced
+        for spec in SIM_PARAMS:
+            desc = node.describe_parameter(spec.name)
+            assert desc.read_only == (spec.name != "actuation_delay_ms"), spec.name
+            if spec.bounds is not None and spec.kind is float:
+                rng = desc.floating_point_range[0]
+                assert (rng.from_value, rng.to_value) == spec.bounds
+        assert node.set_parameters([Parameter("image_size", value=64)])[0].successful is False  # read-only
+        assert node.set_parameters([Parameter("actuation_delay_ms", value=40.0)])[0].successful
+    finally:
+        node.destroy_node()
+        rclpy.shutdown(context=context)
