@@ -38,8 +38,10 @@ def attend(
         kv_heads, t = k.shape[1], k.shape[2]
         k = k[:, :, None].expand(b, kv_heads, groups, t, d).reshape(b, heads, t, d)
         v = v[:, :, None].expand(b, kv_heads, groups, t, d).reshape(b, heads, t, d)
-    scores = torch.matmul(q, k.transpose(2, 3)) * scaling
+    # scores, the mask fill and the softmax in float32 (the fill value overflows fp16; in a
+    # float32 model the cast is a no-op, so LeRobot's arithmetic is unchanged)
+    scores = torch.matmul(q, k.transpose(2, 3)).to(torch.float32) * scaling
     scores = torch.where(mask[:, None], scores, torch.full_like(scores, MASKED_SCORE))
-    probs = torch.softmax(scores.to(torch.float32), dim=-1).to(v.dtype)
+    probs = torch.softmax(scores, dim=-1).to(v.dtype)
     out = torch.matmul(probs, v)
     return out.transpose(1, 2).reshape(b, s, heads * d)

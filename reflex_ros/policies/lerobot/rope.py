@@ -46,4 +46,5 @@ class RotaryEmbedding(nn.Module):
         half = x.shape[-1] // 2
         x1, x2 = x[..., :half], x[..., half:]
         c, s = cos[:, None], sin[:, None]
-        return torch.cat((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1)
+        # the tables are float32; a bf16/fp16 model keeps its own dtype (a no-op in float32)
+        return torch.cat((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1).to(x.dtype)

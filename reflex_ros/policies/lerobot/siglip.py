@@ -58,7 +58,7 @@ class _Attention(nn.Module):
 
         q, k, v = split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
         scores = torch.matmul(q, k.transpose(-1, -2)) * (self.head_dim**-0.5)
-        out = torch.matmul(torch.softmax(scores.to(torch.float32), dim=-1), v)
+        out = torch.matmul(torch.softmax(scores.to(torch.float32), dim=-1).to(v.dtype), v)
         return self.out_proj(out.transpose(1, 2).reshape(b, s, d))
 
 

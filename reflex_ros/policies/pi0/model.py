@@ -75,9 +75,9 @@ class Pi0Model(nn.Module):
 
     def embed_suffix(self, x_t: torch.Tensor, t: torch.Tensor, state: torch.Tensor):  # noqa: ANN201
         """``(embs [B, 1 + chunk, w], pad, ar)``: state token, then action+time tokens."""
-        state_emb = self.state_proj(state.to(torch.float32))[:, None, :]
-        action = self.action_in_proj(x_t)
-        time = self.time_embedding(t)[:, None, :].expand_as(action)
+        state_emb = self.state_proj(state.to(self.state_proj.weight.dtype))[:, None, :]
+        action = self.action_in_proj(x_t.to(self.action_in_proj.weight.dtype))
+        time = self.time_embedding(t).to(action.dtype)[:, None, :].expand_as(action)
         fused = self.action_time_mlp_out(F.silu(self.action_time_mlp_in(torch.cat([action, time], dim=2))))
         embs = torch.cat([state_emb, fused], dim=1)
         b, s = embs.shape[:2]
@@ -91,4 +91,5 @@ class Pi0Model(nn.Module):
     ) -> torch.Tensor:
         embs, pad, ar = self.embed_suffix(x_t, t, state)
         out = self.backbone.expert(embs, pad, ar, kv, prefix_mask)
-        return self.action_out_proj(out[:, -self.spec.chunk_size:].to(torch.float32))
+        head = self.action_out_proj
+        return head(out[:, -self.spec.chunk_size:].to(head.weight.dtype)).to(torch.float32)

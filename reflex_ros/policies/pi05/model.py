@@ -72,11 +72,12 @@ class Pi05Model(nn.Module):
         return self.backbone.prefix_kv(embs, pad, ar), pad
 
     def velocity(self, x_t: torch.Tensor, t: torch.Tensor, kv: list[torch.Tensor], prefix_mask: torch.Tensor) -> torch.Tensor:
-        action = self.action_in_proj(x_t)
-        cond = F.silu(self.time_mlp_out(F.silu(self.time_mlp_in(self.time_embedding(t)))))
+        action = self.action_in_proj(x_t.to(self.action_in_proj.weight.dtype))
+        cond = F.silu(self.time_mlp_out(F.silu(self.time_mlp_in(self.time_embedding(t).to(action.dtype)))))
         b, s = action.shape[:2]
         pad = torch.ones(b, s, dtype=torch.bool, device=action.device)
         ar = torch.zeros(b, s, dtype=torch.bool, device=action.device)
         ar[:, 0] = True
         out = self.backbone.expert(action, pad, ar, kv, prefix_mask, cond=cond)
-        return self.action_out_proj(out[:, -self.spec.chunk_size:].to(torch.float32))
+        head = self.action_out_proj
+        return head(out[:, -self.spec.chunk_size:].to(head.weight.dtype)).to(torch.float32)

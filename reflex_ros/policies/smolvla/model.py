@@ -209,7 +209,7 @@ class SmolVLAModel(nn.Module):
 
     # ------------------------------------------------------------------ expert
     def embed_suffix(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        action = self.action_in_proj(x_t)
+        action = self.action_in_proj(x_t.to(self.action_in_proj.weight.dtype))
         time = self.time_embedding(t).to(action.dtype)[:, None, :].expand_as(action)
         return self.action_time_mlp_out(F.silu(self.action_time_mlp_in(torch.cat([action, time], dim=2))))
 
@@ -245,4 +245,5 @@ class SmolVLAModel(nn.Module):
             hidden = hidden + attn.o_proj(out)
             hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
         hidden = self.expert_norm(hidden)
-        return self.action_out_proj(hidden[:, -self.spec.chunk_size:].to(torch.float32))
+        head = self.action_out_proj
+        return head(hidden[:, -self.spec.chunk_size:].to(head.weight.dtype)).to(torch.float32)
