@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from reflex_ros.engine.types import Engine, EngineInfo, Observation, ReflexError
+from reflex_ros.engine.types import NFE_CHOICES, Engine, EngineInfo, Observation, ReflexError
 
 OUTLIER_MADS = 3.5
 MAD_TO_SIGMA = 1.4826  # MAD of a normal distribution -> its standard deviation
@@ -151,11 +151,13 @@ def fixed_noise(info: EngineInfo, seed: int = SYNTHETIC_NOISE_SEED) -> np.ndarra
 
 
 def measurement_nfe(info: EngineInfo) -> int:
-    """The NFE to time: the largest the export serves, so ``expert_step_ms`` averages over the
-    most steps (per-step cost is what the resolver scales)."""
+    """The NFE to time: the largest the resolver may choose (``NFE_CHOICES``) that the export
+    serves, so ``expert_step_ms`` averages over the most steps the resolver scales to (an
+    export that serves any NFE is not timed at 100 steps); the largest it serves otherwise."""
     if not info.supported_nfe:
         raise ReflexError(f"engine {info.engine} reports no supported_nfe; cannot calibrate")
-    return int(max(info.supported_nfe))
+    choosable = set(info.supported_nfe) & set(NFE_CHOICES)
+    return int(max(choosable or info.supported_nfe))
 
 
 def _stage(timings: dict[str, float], name: str) -> float:
