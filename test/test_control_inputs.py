@@ -13,7 +13,6 @@ from reflex_ros.control.inputs import (
     camera_decoder,
     joint_state_to_vector,
 )
-from reflex_ros.control.inputs.resize import resize_rgb
 from reflex_ros.control.stamps import ns_to_sec_nanosec, stamp_to_ns
 from reflex_ros.engine.types import ObservationError
 
@@ -81,20 +80,6 @@ def test_camera_decoders_are_registered_by_message_type() -> None:
     assert SPECS["camera_message_type"].choices == tuple(CAMERA_DECODERS)  # the parameter offers every entry
     with pytest.raises(KeyError, match="sensor_msgs/msg/Image"):
         camera_decoder("sensor_msgs/msg/CompressedImage")
-
-
-def test_resize_keeps_constant_images_and_shapes() -> None:
-    flat = np.full((480, 640, 3), (10, 200, 30), np.uint8)
-    out = resize_rgb(flat, 224)
-    assert out.shape == (224, 224, 3)
-    assert (out == np.array([10, 200, 30], np.uint8)).all()
-    up = resize_rgb(np.arange(4, dtype=np.uint8).reshape(2, 2, 1).repeat(3, axis=2) * 60, 8)
-    assert up.shape == (8, 8, 3) and up[0, 0, 0] == 0 and up[-1, -1, 0] == 180
-    # left half dark, right half bright survives downscaling on the right side
-    split = np.zeros((100, 100, 3), np.uint8)
-    split[:, 50:] = 255
-    small = resize_rgb(split, 10)
-    assert small[:, :4].max() == 0 and small[:, 6:].min() == 255
 
 
 def test_rosbags_messages_decode_like_rclpy() -> None:

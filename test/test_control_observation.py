@@ -17,8 +17,8 @@ MS = 1_000_000
 T0 = 1_000_000 * MS
 
 
-def _assembler(image_size: int | None = None, warned: list | None = None) -> ObservationAssembler:
-    return ObservationAssembler(CAMS, JOINTS, joint_topic="/joints", image_size=image_size,
+def _assembler(warned: list | None = None) -> ObservationAssembler:
+    return ObservationAssembler(CAMS, JOINTS, joint_topic="/joints",
                                 on_zero_stamp=(warned.append if warned is not None else None))
 
 
@@ -44,11 +44,11 @@ def test_assembles_the_newest_synced_set_at_native_resolution() -> None:
 
 
 def test_a_frame_is_decoded_once_however_often_it_is_used() -> None:
-    asm = _assembler(image_size=4)
+    asm = _assembler()
     _offer_set(asm, T0)
     first, _ = asm.assemble(slop_ns=5 * MS, instruction="")
     again, _ = asm.assemble(slop_ns=5 * MS, instruction="")  # a control tick with no new frame
-    assert first.observation.images[0].shape == (4, 4, 3)  # the one resize, until the engine resizes
+    assert first.observation.images[0].shape == (8, 8, 3)  # native size: the engine resizes
     assert again.observation.images[0] is first.observation.images[0]
 
 

@@ -20,6 +20,7 @@ from reflex_ros.engine.schedule import (
     validate_noise,
 )
 from reflex_ros.engine.types import ExportError, Observation, ObservationError
+from reflex_ros.policies.imaging import resize_rgb
 from reflex_ros.policies.reference.config import PRESETS, PolicyConfig, get_preset
 from reflex_ros.policies.reference.model import FlowPolicy
 from reflex_ros.policies.reference.processor import prepare_inputs
@@ -382,3 +383,18 @@ def test_gqa_config_runs() -> None:
     assert kv[0].shape[1] == 2
     a = sample(m, t, noise_t(cfg), 2)
     assert a.shape == (1, cfg.chunk_size, cfg.action_dim) and torch.isfinite(a).all()
+
+
+def test_resize_keeps_constant_images_and_shapes() -> None:
+    """The reference processor's camera resize (cameras arrive at any size)."""
+    flat = np.full((480, 640, 3), (10, 200, 30), np.uint8)
+    out = resize_rgb(flat, 224)
+    assert out.shape == (224, 224, 3)
+    assert (out == np.array([10, 200, 30], np.uint8)).all()
+    up = resize_rgb(np.arange(4, dtype=np.uint8).reshape(2, 2, 1).repeat(3, axis=2) * 60, 8)
+    assert up.shape == (8, 8, 3) and up[0, 0, 0] == 0 and up[-1, -1, 0] == 180
+    # left half dark, right half bright survives downscaling on the right side
+    split = np.zeros((100, 100, 3), np.uint8)
+    split[:, 50:] = 255
+    small = resize_rgb(split, 10)
+    assert small[:, :4].max() == 0 and small[:, 6:].min() == 255

@@ -119,7 +119,7 @@ def franka():
 @pytest.mark.parametrize("storage", ["sqlite3", "mcap"])
 def test_bag_actuation_lag_within_one_control_period(tmp_path, storage, franka):
     bag = write_bag(tmp_path / f"rec_{storage}", storage, joint_names=franka.joint_names)
-    data = read_bag(bag, joint_names=franka.joint_names, image_size=64, num_cameras=1, instruction="pick")
+    data = read_bag(bag, joint_names=franka.joint_names, num_cameras=1, instruction="pick")
     assert data.topics.trajectory_topic == TRAJ and data.topics.joint_states_topic == "/joint_states"
     assert data.joint_pos.shape == (600, len(franka.joint_names))
     assert len(data.trajectories) == 30
@@ -129,9 +129,9 @@ def test_bag_actuation_lag_within_one_control_period(tmp_path, storage, franka):
     assert abs(lag - INJECTED_LAG_MS) <= 1000.0 / CONTROL_HZ, lag
     # The recorded action chunks give the observation-to-publish latency.
     assert np.allclose(data.obs_to_publish_ms, OBS_TO_PUBLISH_MS, atol=1e-3)
-    # Observations were rebuilt by the node's own assembler: resized, state taken by name.
+    # Observations were rebuilt by the node's own assembler: native size (the engine resizes), state by name.
     obs = data.observations[0]
-    assert obs.images[0].shape == (64, 64, 3) and obs.images[0].dtype == np.uint8
+    assert obs.images[0].shape == (32, 32, 3) and obs.images[0].dtype == np.uint8
     assert obs.state.shape == (len(franka.joint_names),)
     assert len(data.observations) == data.n_synced and data.n_synced >= 80
 
@@ -198,9 +198,9 @@ def test_read_bag_rejects_a_non_bag(tmp_path, franka):
     junk = tmp_path / "not_a_bag"
     junk.mkdir()
     with pytest.raises(BagError, match="cannot read .*not_a_bag as a ROS 2 bag"):
-        read_bag(junk, joint_names=franka.joint_names, image_size=64, num_cameras=1, instruction="x")
+        read_bag(junk, joint_names=franka.joint_names, num_cameras=1, instruction="x")
     with pytest.raises(BagError, match="does not exist"):
-        read_bag(tmp_path / "missing", joint_names=franka.joint_names, image_size=64, num_cameras=1, instruction="x")
+        read_bag(tmp_path / "missing", joint_names=franka.joint_names, num_cameras=1, instruction="x")
 
 
 def test_cli_registers_my_subcommands():

@@ -87,7 +87,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
             return _fail(f"embodiment {embodiment.name} has {len(embodiment.joint_names)} joints but the export's "
                          f"max_state_dim is {info.max_state_dim}")
         try:
-            data = read_bag(bag_path, joint_names=embodiment.joint_names, image_size=info.image_size,
+            data = read_bag(bag_path, joint_names=embodiment.joint_names,
                             num_cameras=info.num_cameras, instruction=args.instruction,
                             camera_topics=args.camera_topics, joint_states_topic=args.joint_states_topic,
                             trajectory_topic=args.trajectory_topic, slop_ms=args.sync_slop_ms)

@@ -154,7 +154,7 @@ class ControlLoop:
         (with the engine's limits) as the settings validator."""
         assembler = ObservationAssembler(
             settings.camera_topics, settings.joint_names, joint_topic=settings.joint_states_topic,
-            camera_type=settings.camera_message_type, image_size=engine.info.image_size,
+            camera_type=settings.camera_message_type,
             on_zero_stamp=lambda topic: logger.warning(f"{topic}: header.stamp is 0; using the arrival time instead"))
         return cls(engine=engine, assembler=assembler, strategy=make_strategy(settings.chunk_strategy),
                    settings=settings, publish=publish, now_ns=now_ns, logger=logger, subscribers=subscribers,

@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 
 from reflex_ros.control.inputs import DEFAULT_CAMERA_TYPE, camera_decoder, joint_state_to_vector
-from reflex_ros.control.inputs.resize import resize_rgb
 from reflex_ros.control.stamps import stamp_to_ns
 from reflex_ros.control.sync import ApproximateTimeSync
 from reflex_ros.engine.types import Observation, ObservationError
@@ -59,7 +58,8 @@ class AssembledObservation:
 
 
 class ObservationAssembler:
-    """See the module docstring. ``image_size``: resize decoded frames to it (None = native).
+    """See the module docstring. Frames are decoded at the camera's native resolution: each
+    model family resizes its own way inside the engine.
 
     Thread model: ``offer_*`` from the executor thread, ``assemble`` from one consumer (the
     control loop) only.
@@ -67,14 +67,13 @@ class ObservationAssembler:
 
     def __init__(self, camera_topics: Sequence[str], joint_names: Sequence[str], *,
                  joint_topic: str = JOINT_STATES_TOPIC, camera_type: str = DEFAULT_CAMERA_TYPE,
-                 image_size: int | None = None, camera_capacity: int = CAMERA_CAPACITY,
+                 camera_capacity: int = CAMERA_CAPACITY,
                  joint_capacity: int = JOINT_CAPACITY,
                  on_zero_stamp: Callable[[str], None] | None = None) -> None:
         self.camera_topics = list(camera_topics)
         self.joint_names = tuple(joint_names)
         self.joint_topic = joint_topic
         self.decoder = camera_decoder(camera_type)
-        self.image_size = image_size
         self._sync = ApproximateTimeSync(
             [*self.camera_topics, JOINT_STREAM],
             capacity={JOINT_STREAM: joint_capacity, **{t: camera_capacity for t in self.camera_topics}})
@@ -109,15 +108,11 @@ class ObservationAssembler:
         self.last_state = state
         return stamp, state
 
-    def _fit(self, image: np.ndarray) -> np.ndarray:
-        # The one resize call (drop it when the engine resizes; see inputs/resize.py).
-        return image if self.image_size is None else resize_rgb(image, self.image_size)
-
     def _image(self, topic: str, stamp: int, msg: Any) -> np.ndarray:
         cached = self._decoded.get(topic)
         if cached is not None and cached[0] == stamp:
             return cached[1]
-        image = self._fit(self.decoder.decode(msg, topic))
+        image = self.decoder.decode(msg, topic)
         self._decoded[topic] = (stamp, image)
         return image
 

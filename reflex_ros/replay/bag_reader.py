@@ -209,7 +209,6 @@ def read_bag(
     path: str | Path,
     *,
     joint_names: Sequence[str],
-    image_size: int,
     num_cameras: int,
     instruction: str,
     camera_topics: Sequence[str] | None = None,
@@ -235,7 +234,7 @@ def read_bag(
                 wanted.add(optional)
         connections = [c for c in reader.connections if c.topic in wanted]
         assembler = ObservationAssembler(chosen.camera_topics, joint_names, joint_topic=chosen.joint_states_topic,
-                                         camera_type=chosen.camera_type, image_size=image_size, camera_capacity=8)
+                                         camera_type=chosen.camera_type, camera_capacity=8)
         slop_ns = int(slop_ms * 1e6)
         data = BagData(path, chosen, [], tuple(joint_names), np.zeros(0, dtype=np.int64),
                        np.zeros((0, len(joint_names))), [])
