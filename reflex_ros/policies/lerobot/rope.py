@@ -16,11 +16,13 @@ traces them (no Python control flow on values).
 from __future__ import annotations
 
 import torch
-from torch import nn
+
+from reflex_ros.policies.lerobot.fixed_buffers import FixedDtypeBuffers
 
 
-class RotaryEmbedding(nn.Module):
-    """cos/sin tables for integer positions, and their application to q/k."""
+class RotaryEmbedding(FixedDtypeBuffers):
+    """cos/sin tables for integer positions, and their application to q/k (the float32
+    frequencies survive a cast of the model: :class:`FixedDtypeBuffers`)."""
 
     def __init__(self, head_dim: int, theta: float, style: str) -> None:
         super().__init__()

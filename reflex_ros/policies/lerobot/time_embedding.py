@@ -10,11 +10,13 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
+
+from reflex_ros.policies.lerobot.fixed_buffers import FixedDtypeBuffers
 
 
-class SinusoidalTimeEmbedding(nn.Module):
-    """``t [B] -> [sin(2 pi t / period), cos(2 pi t / period)]`` float32 ``[B, dim]``."""
+class SinusoidalTimeEmbedding(FixedDtypeBuffers):
+    """``t [B] -> [sin(2 pi t / period), cos(2 pi t / period)]`` float32 ``[B, dim]`` (the
+    float64 scales survive a cast of the model: :class:`FixedDtypeBuffers`)."""
 
     def __init__(self, dim: int, min_period: float, max_period: float) -> None:
         super().__init__()
