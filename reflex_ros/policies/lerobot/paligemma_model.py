@@ -94,10 +94,24 @@ class PaliGemmaWithExpert(nn.Module):
         self, images: torch.Tensor, image_masks: torch.Tensor, lang_tokens: torch.Tensor, lang_masks: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(embs [B, P, D], pad [B, P], ar [B, P])`` with ``P = n_img * T + L``."""
+        return self.assemble_prefix(self.image_features(images), image_masks, lang_tokens, lang_masks)
+
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Projected image tokens ``[B, n_img * T, D]`` (SigLIP, then the projector, unscaled)."""
         b, n, c, h, w = images.shape
         feats = self.projector(self.vision(images.reshape(b * n, c, h, w)))
-        t = feats.shape[1]
-        img = feats.reshape(b, n * t, feats.shape[-1])
+        return feats.reshape(b, n * feats.shape[1], feats.shape[-1])
+
+    def assemble_prefix(
+        self, img: torch.Tensor, image_masks: torch.Tensor, lang_tokens: torch.Tensor, lang_masks: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The prefix layout from image tokens (:meth:`image_features`; batch 1 is broadcast,
+        as under CFG where both slots share their images): the one place it is defined, for
+        the eager model and the fused path (``lerobot/fused.py``)."""
+        b, n = image_masks.shape
+        t = img.shape[1] // n
+        if img.shape[0] != b:
+            img = img.expand(b, -1, -1)
         lang = self.embed_tokens(lang_tokens) * self.lang_scale
         embs = torch.cat([img, lang], dim=1)
         pad = torch.cat([image_masks[:, :, None].expand(b, n, t).reshape(b, n * t), lang_masks], dim=1)

@@ -152,10 +152,30 @@ class SmolVLAModel(nn.Module):
         image_slot_masks: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(embs [B, P, D], pad [B, P], ar [B, P])`` as LeRobot's ``embed_prefix``."""
+        return self.assemble_prefix(self.image_features(images), image_masks, lang_tokens, lang_masks, state,
+                                    image_slot_masks)
+
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Scaled image tokens ``[B, n_img, T, D]``: SigLIP, pixel shuffle, connector, x sqrt(D)."""
         b, n, c, h, w = images.shape
         feats = self.connector(pixel_shuffle(self.vision(images.reshape(b * n, c, h, w)), self.spec.pixel_shuffle_factor))
-        t = feats.shape[1]
-        img = (feats * self.scale).reshape(b, n, t, feats.shape[-1])
+        return (feats * self.scale).reshape(b, n, feats.shape[1], feats.shape[-1])
+
+    def assemble_prefix(
+        self,
+        img: torch.Tensor,
+        image_masks: torch.Tensor,
+        lang_tokens: torch.Tensor,
+        lang_masks: torch.Tensor,
+        state: torch.Tensor,
+        image_slot_masks: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The prefix layout from image tokens (:meth:`image_features`; batch 1 is broadcast):
+        the one place it is defined, for the eager model and the fused path."""
+        b, n = image_masks.shape
+        t = img.shape[2]
+        if img.shape[0] != b:
+            img = img.expand(b, -1, -1, -1)
         img_pad = image_masks[:, :, None].expand(b, n, t)
         if self.spec.add_image_special_tokens:
             slots = image_masks if image_slot_masks is None else image_slot_masks
