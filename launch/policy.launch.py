@@ -2,6 +2,12 @@
 
     ros2 launch reflex_ros policy.launch.py export_dir:=/path/to/export embodiment:=so100
     ros2 launch reflex_ros policy.launch.py export_dir:=... auto_calibrate:=true params_file:=my.yaml
+    ros2 launch reflex_ros policy.launch.py export_dir:=~/exports/smolvla embodiment:=so100 \
+        cameras:=observation.images.top=/cam/top/image_raw,observation.images.wrist=/cam/wrist/image_raw
+
+``cameras`` (NAME=TOPIC pairs, comma-separated) feeds each model camera by name: a LeRobot
+policy's image features are never matched to topics by position. Empty (the default) leaves
+camera_topics / camera_names to the params file.
 
 The node starts unconfigured; this file emits `configure`, and once the node reaches
 `inactive` it emits `activate`. If configure fails, the node logs why and stays
@@ -11,7 +17,7 @@ unconfigured (fix the parameter and `ros2 lifecycle set /reflex_policy configure
 
 # ruff sees the repository's launch/ folder and would file `launch` as first-party.
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, EmitEvent, RegisterEventHandler
+from launch.actions import DeclareLaunchArgument, EmitEvent, OpaqueFunction, RegisterEventHandler
 from launch.events import matches_action
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import LifecycleNode
@@ -24,43 +30,34 @@ from lifecycle_msgs.msg import Transition
 from reflex_ros.vocab import NODE_NAME
 
 
-def generate_launch_description() -> LaunchDescription:
-    export_dir = LaunchConfiguration("export_dir")
-    embodiment = LaunchConfiguration("embodiment")
-    auto_calibrate = LaunchConfiguration("auto_calibrate")
-    params_file = LaunchConfiguration("params_file")
+def camera_parameters(cameras: str) -> dict:
+    """``"name=topic,name2=topic2"`` -> {camera_names, camera_topics}; empty -> {} (the params
+    file's values stand)."""
+    pairs = [item.strip().partition("=") for item in cameras.split(",") if item.strip()]
+    if not pairs:
+        return {}
+    if any(not (name and eq and topic) for name, eq, topic in pairs):
+        raise ValueError(f"cameras:={cameras!r}: expected NAME=TOPIC pairs separated by commas")
+    return {"camera_names": [name for name, _, _ in pairs], "camera_topics": [topic for _, _, topic in pairs]}
 
-    arguments = [
-        DeclareLaunchArgument(
-            "export_dir", description="Export directory written by `reflex-ros export`"),
-        DeclareLaunchArgument(
-            "embodiment", default_value="",
-            description="Embodiment preset (franka, so100, ur5) or a yaml path; empty = none"),
-        DeclareLaunchArgument(
-            "auto_calibrate", default_value="false",
-            description="Resolve nfe/chunk_size/latency from the calibration cache and learn latency live"),
-        DeclareLaunchArgument(
-            "params_file",
-            default_value=PathJoinSubstitution([FindPackageShare("reflex_ros"), "config", "policy.yaml"]),
-            description="ROS 2 parameters file for the node"),
-    ]
 
+def launch_setup(context, *args, **kwargs):
+    """The node and its autostart, built once the launch arguments are known (the camera
+    pairs decide which parameters are passed at all)."""
+    given = {
+        "export_dir": ParameterValue(LaunchConfiguration("export_dir"), value_type=str),
+        "embodiment": ParameterValue(LaunchConfiguration("embodiment"), value_type=str),
+        "auto_calibrate": ParameterValue(LaunchConfiguration("auto_calibrate"), value_type=bool),
+    }
+    given.update(camera_parameters(LaunchConfiguration("cameras").perform(context)))
     policy_node = LifecycleNode(
         package="reflex_ros",
         executable="policy_node",
         name=NODE_NAME,
         namespace="",
         output="screen",
-        parameters=[
-            params_file,
-            {
-                "export_dir": ParameterValue(export_dir, value_type=str),
-                "embodiment": ParameterValue(embodiment, value_type=str),
-                "auto_calibrate": ParameterValue(auto_calibrate, value_type=bool),
-            },
-        ],
+        parameters=[LaunchConfiguration("params_file"), given],
     )
-
     configure = EmitEvent(event=ChangeState(
         lifecycle_node_matcher=matches_action(policy_node),
         transition_id=Transition.TRANSITION_CONFIGURE,
@@ -74,5 +71,27 @@ def generate_launch_description() -> LaunchDescription:
             transition_id=Transition.TRANSITION_ACTIVATE,
         ))],
     ))
+    return [policy_node, activate_when_inactive, configure]
 
-    return LaunchDescription([*arguments, policy_node, activate_when_inactive, configure])
+
+def generate_launch_description() -> LaunchDescription:
+    arguments = [
+        DeclareLaunchArgument(
+            "export_dir", description="Export directory written by `reflex-ros export`"),
+        DeclareLaunchArgument(
+            "embodiment", default_value="",
+            description="Embodiment preset (franka, so100, ur5) or a yaml path; empty = none"),
+        DeclareLaunchArgument(
+            "auto_calibrate", default_value="false",
+            description="Resolve nfe/chunk_size/latency from the calibration cache and learn latency live"),
+        DeclareLaunchArgument(
+            "params_file",
+            default_value=PathJoinSubstitution([FindPackageShare("reflex_ros"), "config", "policy.yaml"]),
+            description="ROS 2 parameters file for the node"),
+        DeclareLaunchArgument(
+            "cameras", default_value="",
+            description="NAME=TOPIC pairs, comma-separated: the model camera each topic feeds (LeRobot image "
+                        "feature keys, e.g. observation.images.top=/cam/top/image_raw); empty = the params file's "
+                        "camera_topics / camera_names"),
+    ]
+    return LaunchDescription([*arguments, OpaqueFunction(function=launch_setup)])

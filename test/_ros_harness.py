@@ -19,7 +19,7 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import Parameter as ParameterMsg
 from rcl_interfaces.msg import ParameterType, ParameterValue
-from rcl_interfaces.srv import DescribeParameters, GetParameters, SetParameters
+from rcl_interfaces.srv import DescribeParameters, GetParameters, SetParameters, SetParametersAtomically
 from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
@@ -114,6 +114,8 @@ class RosHarness:
                                       lambda m: self._store(self.chunks, m), 100)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10)
         self.set_client = self.node.create_client(SetParameters, f"{node_fqn}/set_parameters")
+        self.set_atomic_client = self.node.create_client(SetParametersAtomically,
+                                                         f"{node_fqn}/set_parameters_atomically")
         self.get_client = self.node.create_client(GetParameters, f"{node_fqn}/get_parameters")
         self.describe_client = self.node.create_client(DescribeParameters, f"{node_fqn}/describe_parameters")
         self.executor = SingleThreadedExecutor(context=self.context)
@@ -237,6 +239,14 @@ class RosHarness:
         request = SetParameters.Request()
         request.parameters = [ParameterMsg(name=k, value=param_value(v)) for k, v in values.items()]
         return [(r.successful, r.reason) for r in self._call(self.set_client, request).results]
+
+    def set_params_atomically(self, **values: Any) -> tuple[bool, str]:
+        """All or nothing (``ros2 param load`` style): values that must agree with each other,
+        such as joint_names and the per-joint limits, change together."""
+        request = SetParametersAtomically.Request()
+        request.parameters = [ParameterMsg(name=k, value=param_value(v)) for k, v in values.items()]
+        result = self._call(self.set_atomic_client, request).result
+        return result.successful, result.reason
 
     def get_params(self, *names: str) -> list[Any]:
         request = GetParameters.Request(names=list(names))

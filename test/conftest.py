@@ -116,3 +116,24 @@ def node(policy: PolicyUnderTest):
 @pytest.fixture(scope="module")
 def robot(policy: PolicyUnderTest):
     return policy.robot
+
+
+LEROBOT_DATA = Path(__file__).parent / "data" / "lerobot"
+
+
+@pytest.fixture(scope="session")
+def smolvla_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny LeRobot SmolVLA fixture checkpoint (2 named cameras, state/action 6),
+    exported through the real exporter with its offline tokenizer cache."""
+    from reflex_ros.engine.export import export_model
+
+    out = tmp_path_factory.mktemp("smolvla") / "export"
+    saved = {k: os.environ.get(k) for k in ("HF_HOME", "HF_HUB_OFFLINE")}
+    os.environ.update(HF_HOME=str(LEROBOT_DATA / "hf_cache"), HF_HUB_OFFLINE="1")
+    try:
+        export_model(checkpoint=str(LEROBOT_DATA / "smolvla" / "checkpoint"), output_dir=out, mode="decomposed",
+                     fixtures=1, log=None)
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    return out

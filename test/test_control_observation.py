@@ -85,3 +85,17 @@ def test_zero_stamps_take_the_arrival_time_and_warn_once_per_topic() -> None:
     for k in range(3):
         assert asm.offer_camera("/cam/front", rgb_image(0, 8), arrival_ns=T0 + k * MS) == T0 + k * MS
     assert warned == ["/cam/front"]
+
+
+def test_named_cameras_reach_the_engine_by_name() -> None:
+    """With camera_names the observation carries images keyed by model camera, so the engine
+    never pairs a topic with a camera by position."""
+    asm = ObservationAssembler(CAMS, JOINTS, joint_topic="/joints", camera_names=["observation.images.top",
+                                                                                   "observation.images.wrist"])
+    _offer_set(asm, T0)
+    assembled, _ = asm.assemble(slop_ns=5 * MS, instruction="")
+    images = assembled.observation.images
+    assert sorted(images) == ["observation.images.top", "observation.images.wrist"]
+    wrist = np.frombuffer(bytes(rgb_image(T0 + MS, 8, seed=T0 // MS + 1).data), np.uint8).reshape(8, 8, 3)
+    np.testing.assert_array_equal(images["observation.images.wrist"], wrist)
+

@@ -15,6 +15,7 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
 from _ros_harness import RosHarness, wait_for
 
 from reflex_ros.control import params as P
@@ -96,6 +97,8 @@ def test_node_command_matches_the_launch_files_parameters(tmp_path: Path) -> Non
     tail = cmd[i + 2:]
     assert tail == ["-p", f'export_dir:="{tmp_path.resolve()}"', "-p", 'embodiment:="so100"',
                     "-p", "auto_calibrate:=true", "-p", "nfe:=4"]
+    named = node_command(tmp_path, parameters={"camera_names": ["observation.images.top"], "camera_topics": ["/a"]})
+    assert named[-4:] == ["-p", 'camera_names:=["observation.images.top"]', "-p", 'camera_topics:=["/a"]']
     env = ros_environment({"ROS_DOMAIN_ID": "7"}, domain_id=42)
     assert env["ROS_DOMAIN_ID"] == "42" and env["PYTHONUNBUFFERED"] == "1" and env["AMENT_PREFIX_PATH"]
 
@@ -114,15 +117,26 @@ def _calls(tree: ast.AST, name: str) -> list[ast.Call]:
 def test_launch_file_declares_the_arguments_and_autostarts() -> None:
     tree = _launch_tree()
     args = {c.args[0].value for c in _calls(tree, "DeclareLaunchArgument")}
-    assert args == {"export_dir", "embodiment", "auto_calibrate", "params_file"}
+    assert args == {"export_dir", "embodiment", "auto_calibrate", "params_file", "cameras"}
     (node,) = _calls(tree, "LifecycleNode")
     kw = {k.arg: k.value for k in node.keywords}
     assert kw["package"].value == "reflex_ros" and kw["name"].id == "NODE_NAME"
     assert any(isinstance(n, ast.ImportFrom) and n.module == "reflex_ros.vocab" and
                [a.name for a in n.names] == ["NODE_NAME"] for n in tree.body)
-    params = kw["parameters"]
-    passed = {k.value for d in ast.walk(params) if isinstance(d, ast.Dict) for k in d.keys}
-    assert passed == {"export_dir", "embodiment", "auto_calibrate"} and passed <= set(P.SPECS)
+    passed = {k.value for d in ast.walk(tree) if isinstance(d, ast.Dict) for k in d.keys
+              if isinstance(k, ast.Constant)}
+    assert {"export_dir", "embodiment", "auto_calibrate", "camera_names", "camera_topics"} <= passed
+    assert passed <= set(P.SPECS)
+    # the camera pairs parser is plain Python: exercise it for real
+    namespace: dict = {}
+    exec(compile(ast.Module(body=[n for n in tree.body if isinstance(n, ast.FunctionDef)
+                                  and n.name == "camera_parameters"], type_ignores=[]), str(LAUNCH), "exec"), namespace)
+    parse = namespace["camera_parameters"]
+    assert parse("") == {}
+    assert parse("observation.images.top=/a, observation.images.wrist=/b") == {
+        "camera_names": ["observation.images.top", "observation.images.wrist"], "camera_topics": ["/a", "/b"]}
+    with pytest.raises(ValueError, match="NAME=TOPIC"):
+        parse("observation.images.top")
     transitions = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr.startswith("TRANSITION_")}
     assert transitions == {"TRANSITION_CONFIGURE", "TRANSITION_ACTIVATE"}
     handler = _calls(tree, "OnStateTransition")[0]

@@ -8,6 +8,7 @@ failure is a :class:`ConfigureError` whose message is the one line the user sees
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
@@ -64,18 +65,56 @@ def fit_engine(values: Mapping[str, Any], info: EngineInfo, explicit: Collection
     """Check the robot against the export; an embodiment chunk_size longer than the export's is
     shortened (with a warning) unless it was given explicitly."""
     out = dict(values)
-    joints, cameras = out["joint_names"], out["camera_topics"]
+    joints = out["joint_names"]
     for limit, what in ((info.action_dim, "action_dim"), (info.max_state_dim, "max_state_dim")):
         if len(joints) > limit:
             raise ConfigureError(f"{len(joints)} joint_names {list(joints)} but the export's {what} is {limit}")
-    if len(cameras) != info.num_cameras:
-        raise ConfigureError(f"the export expects {info.num_cameras} camera(s) but camera_topics lists "
-                             f"{len(cameras)}: {list(cameras)}")
+    if info.state_dim and len(joints) != info.state_dim:
+        raise ConfigureError(f"the policy's state has {info.state_dim} values (normalized per joint) but "
+                             f"joint_names lists {len(joints)}: {list(joints)}; give exactly the joints it was "
+                             "trained on, in its state order")
+    out["camera_names"] = camera_mapping(out["camera_topics"], out["camera_names"] or [], info)
     if out["chunk_size"] > info.chunk_size and "chunk_size" not in explicit:
         warn(f"embodiment chunk_size {out['chunk_size']} exceeds the export's {info.chunk_size} rows; "
              f"using {info.chunk_size}")
         out["chunk_size"] = info.chunk_size
     return out
+
+
+def positional_cameras(info: EngineInfo) -> bool:
+    """Whether the export's cameras are unnamed (``camera0``, ``camera1``...: the reference
+    family), so feeding them by position is their definition rather than a guess."""
+    return tuple(info.camera_names) == tuple(f"camera{i}" for i in range(info.num_cameras))
+
+
+def camera_mapping(topics: list[str], names: list[str], info: EngineInfo) -> list[str]:
+    """The model camera each topic feeds (``camera_names``), checked against the export.
+
+    Named cameras are never matched by position: a LeRobot policy's ``observation.images.top``
+    fed the wrist camera acts on the wrong view without any error. So an export with named
+    cameras needs ``camera_names``; every name must be one of the export's, and every camera
+    the model needs (all but LeRobot's empty cameras) must have a topic."""
+    cams = list(info.camera_names)
+    if not names:
+        if not positional_cameras(info):
+            raise ConfigureError(f"this export's cameras are named {cams}: set camera_names (parallel to "
+                                 f"camera_topics {list(topics)}) to say which topic feeds which, e.g. "
+                                 f"-p camera_names:={json.dumps(cams[:len(topics)])}")
+        if len(topics) != len(cams):
+            raise ConfigureError(f"the export expects {len(cams)} camera(s) but camera_topics lists "
+                                 f"{len(topics)}: {list(topics)}")
+        return cams
+    if len(names) != len(topics):
+        raise ConfigureError(f"camera_names has {len(names)} entries but camera_topics {len(topics)}: "
+                             "they are parallel lists (topic i feeds camera i)")
+    unknown = [n for n in names if n not in cams]
+    if unknown:
+        raise ConfigureError(f"camera_names {unknown} are not cameras of this export; its cameras are {cams}")
+    missing = [c for c in cams if c not in names and c not in info.optional_cameras]
+    if missing:
+        raise ConfigureError(f"the policy's camera(s) {missing} have no topic: add them to camera_names and "
+                             f"camera_topics (the export's cameras are {cams})")
+    return list(names)
 
 
 def check_ready(values: Mapping[str, Any], info: EngineInfo) -> None:

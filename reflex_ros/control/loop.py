@@ -153,8 +153,8 @@ class ControlLoop:
         joints, sync capacity), the chunk strategy, and every rule of the parameter table
         (with the engine's limits) as the settings validator."""
         assembler = ObservationAssembler(
-            settings.camera_topics, settings.joint_names, joint_topic=settings.joint_states_topic,
-            camera_type=settings.camera_message_type,
+            settings.camera_topics, settings.joint_names, camera_names=settings.camera_names or None,
+            joint_topic=settings.joint_states_topic, camera_type=settings.camera_message_type,
             on_zero_stamp=lambda topic: logger.warning(f"{topic}: header.stamp is 0; using the arrival time instead"))
         return cls(engine=engine, assembler=assembler, strategy=make_strategy(settings.chunk_strategy),
                    settings=settings, publish=publish, now_ns=now_ns, logger=logger, subscribers=subscribers,
@@ -270,7 +270,8 @@ class ControlLoop:
         that may land on the first real chunk). Returns the wall time in ms."""
         info, s = self.engine.info, self._settings
         size = info.image_size
-        obs = Observation(images=[np.zeros((size, size, 3), np.uint8) for _ in range(info.num_cameras)],
+        names = self.assembler.camera_names or list(info.camera_names)
+        obs = Observation(images={name: np.zeros((size, size, 3), np.uint8) for name in names},
                           state=np.zeros(len(self.assembler.joint_names), np.float32),
                           instruction=s.instruction or "warm up", stamp_ns=0)
         started = time.perf_counter()

@@ -66,11 +66,17 @@ class ObservationAssembler:
     """
 
     def __init__(self, camera_topics: Sequence[str], joint_names: Sequence[str], *,
+                 camera_names: Sequence[str] | None = None,
                  joint_topic: str = JOINT_STATES_TOPIC, camera_type: str = DEFAULT_CAMERA_TYPE,
                  camera_capacity: int = CAMERA_CAPACITY,
                  joint_capacity: int = JOINT_CAPACITY,
                  on_zero_stamp: Callable[[str], None] | None = None) -> None:
         self.camera_topics = list(camera_topics)
+        # the model camera each topic feeds: observations carry images by name, so a named
+        # camera is never matched by position (None: a list in topic order)
+        self.camera_names = list(camera_names) if camera_names else None
+        if self.camera_names is not None and len(self.camera_names) != len(self.camera_topics):
+            raise ValueError(f"camera_names {self.camera_names} and camera_topics {self.camera_topics} differ in length")
         self.joint_names = tuple(joint_names)
         self.joint_topic = joint_topic
         self.decoder = camera_decoder(camera_type)
@@ -135,7 +141,8 @@ class ObservationAssembler:
                     rejected.append((topic, exc))
                     break
             else:
-                observation = Observation(images=images, state=synced.payloads[JOINT_STREAM].payload,
+                by_name = dict(zip(self.camera_names, images, strict=True)) if self.camera_names else images
+                observation = Observation(images=by_name, state=synced.payloads[JOINT_STREAM].payload,
                                           instruction=instruction, stamp_ns=synced.stamp_ns)
                 ready = {name: offered.ready_ns for name, offered in synced.payloads.items()}
                 return AssembledObservation(observation, dict(synced.stamps_ns), ready), rejected

@@ -185,8 +185,14 @@ PARAMS: tuple[ParamSpec, ...] = (
               "from JointState BY NAME in this order", ROBOT, reconfigure_only=True, unique=True, nonempty=True,
               embodiment_field="joint_names",
               example=["shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll", "gripper"]),
-    ParamSpec("camera_topics", "str[]", [DEFAULT_CAMERA_TOPIC], "Camera topics, one per model camera, in the "
-              "export's camera order (sensor-data QoS)", ROBOT, reconfigure_only=True, unique=True, nonempty=True),
+    ParamSpec("camera_topics", "str[]", [DEFAULT_CAMERA_TOPIC], "Camera topics (sensor-data QoS), one per model "
+              "camera; topic i feeds the camera named camera_names[i]", ROBOT, reconfigure_only=True,
+              unique=True, nonempty=True),
+    ParamSpec("camera_names", "str[]", None, "The model camera each camera_topics entry feeds, by the export's "
+              "camera name (a LeRobot checkpoint's image feature key, e.g. observation.images.top). Unset = "
+              "by position, allowed only for exports whose cameras are unnamed (camera0, camera1, ...). A "
+              "model camera with no topic is an error, except LeRobot's empty cameras", ROBOT,
+              reconfigure_only=True, unique=True, example=["observation.images.front"]),
     ParamSpec("camera_message_type", str, DEFAULT_CAMERA_TYPE, "Message type of the camera topics (sensor_msgs/"
               "msg/Image: rgb8, bgr8, rgba8, bgra8, mono8)", ROBOT, reconfigure_only=True,
               choices=tuple(CAMERA_DECODERS)),

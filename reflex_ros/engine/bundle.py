@@ -99,6 +99,7 @@ class ExportConfig:
     max_state_dim: int
     state_dim: int
     camera_names: tuple[str, ...]
+    optional_cameras: tuple[str, ...]
     image_size: int
     max_lang_tokens: int
     supports_cfg: bool
@@ -153,6 +154,7 @@ class ExportConfig:
             "max_state_dim": self.max_state_dim,
             "state_dim": self.state_dim,
             "camera_names": list(self.camera_names),
+            "optional_cameras": list(self.optional_cameras),
             "num_cameras": self.num_cameras,
             "image_size": self.image_size,
             "max_lang_tokens": self.max_lang_tokens,
@@ -294,6 +296,7 @@ def parse_config(doc: Any, path: Path, err=None) -> ExportConfig:
         max_state_dim=r.pos_int("max_state_dim"),
         state_dim=int(doc.get("state_dim") or 0),
         camera_names=camera_names,
+        optional_cameras=tuple(doc.get("optional_cameras", ())),
         image_size=r.pos_int("image_size"),
         max_lang_tokens=r.pos_int("max_lang_tokens"),
         supports_cfg=bool(r.get("supports_cfg")),

@@ -126,6 +126,7 @@ def build_config(source: Any, *, layouts: tuple[str, ...], nfe: int, opset: int)
         max_state_dim=proc.max_state_dim,
         state_dim=int(proc.state_dim or 0),
         camera_names=tuple(proc.camera_names),
+        optional_cameras=tuple(getattr(proc, "optional_cameras", ())),
         image_size=proc.image_size,
         max_lang_tokens=proc.max_lang_tokens,
         supports_cfg=bool(proc.supports_cfg),

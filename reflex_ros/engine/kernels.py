@@ -73,11 +73,11 @@ if HAVE_TRITON:
                 tl.store(q_ptr + (tok * H + h) * D + offs, y.to(q_ptr.dtype.element_ty))
 
     @triton.jit
-    def _attention_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, o_ptr, part_ptr, ml_ptr, cnt_ptr, R, scale,
-                          q_bstride, kv_bstride, bias_bstride, n_keys: tl.constexpr,
+    def _attention_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, o_ptr, part_ptr, ml_ptr, cnt_ptr, lim_ptr, R, scale,
+                          q_bstride, kv_bstride, bias_bstride, rows_per_tok, n_keys: tl.constexpr,
                           D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                           SPLIT: tl.constexpr, KEYS_PER_SPLIT: tl.constexpr, INLINE: tl.constexpr,
-                          PRECISION: tl.constexpr):
+                          PRECISION: tl.constexpr, LIMIT: tl.constexpr = False):
         # rows of one batch element attend to its first n_keys keys (one shared KV head);
         # with SPLIT > 1 each program takes one slice of the keys (flash-decoding) and writes
         # its normalised partial output and (max, sum); the slices are merged by
@@ -90,6 +90,8 @@ if HAVE_TRITON:
         rmask = rows < R
         cols = tl.arange(0, D)
         q = tl.load(q_ptr + b * q_bstride + rows[:, None] * D + cols[None, :], mask=rmask[:, None], other=0.0)
+        if LIMIT:  # row r (token r // rows_per_tok) sees keys [0, lim[token]) only (causal blocks)
+            lim = tl.load(lim_ptr + rows // rows_per_tok, mask=rmask, other=0)
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, D], tl.float32)
@@ -103,6 +105,8 @@ if HAVE_TRITON:
             s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
             kb = tl.load(bias_ptr + b * bias_bstride + keys, mask=kmask, other=-1.0e30)
             s = s + kb[None, :]
+            if LIMIT:
+                s = tl.where(keys[None, :] < lim[:, None], s, -1.0e30)
             m_new = tl.maximum(m_i, tl.max(s, 1))
             p = tl.exp(s - m_new[:, None])
             alpha = tl.exp(m_i - m_new)
@@ -220,6 +224,127 @@ if HAVE_TRITON:
         tl.store(x_ptr + i, x + dt * v, mask=m)
 
 
+    # -- kernels for the LeRobot families (grouped-query heads, norm variants, SiLU, fp8) ------
+
+    @triton.jit
+    def _rope_heads_kernel(x_ptr, cos_ptr, sin_ptr, q_ptr, k_ptr, v_ptr, L, G, KVH, row_stride,
+                           kv_bstride, kv_hstride, D: tl.constexpr, HALF: tl.constexpr):
+        # one program per (token, head slot): slots [0, H) query heads (H = KVH * G), then KVH
+        # key heads, then KVH value heads. Queries are written folded per KV head, row
+        # (token * G + g) of head kv, so each KV head's queries form one attention batch.
+        tok = tl.program_id(0)
+        s = tl.program_id(1)
+        b = tok // L
+        t = tok - b * L
+        H = KVH * G
+        offs = tl.arange(0, D)
+        src = x_ptr + tok * row_stride + s * D
+        x = tl.load(src + offs).to(tl.float32)
+        if s >= H + KVH:
+            j = s - H - KVH
+            tl.store(v_ptr + b * kv_bstride + j * kv_hstride + t * D + offs, x.to(v_ptr.dtype.element_ty))
+        else:
+            xs = tl.load(src + (offs + HALF) % D).to(tl.float32)  # halves swapped
+            c = tl.load(cos_ptr + tok * D + offs)
+            sn = tl.load(sin_ptr + tok * D + offs)  # sign-folded: [-sin, sin]
+            y = x * c + xs * sn
+            if s >= H:
+                j = s - H
+                tl.store(k_ptr + b * kv_bstride + j * kv_hstride + t * D + offs, y.to(k_ptr.dtype.element_ty))
+            else:
+                kv = s // G
+                g = s - kv * G
+                tl.store(q_ptr + ((b * KVH + kv) * L * G + t * G + g) * D + offs, y.to(q_ptr.dtype.element_ty))
+
+    @triton.jit
+    def _residual_norm_kernel(h_ptr, y_ptr, gate_ptr, gain_ptr, shift_ptr, xn_ptr, xs_ptr, N, eps,
+                              HAS_Y: tl.constexpr, HAS_GATE: tl.constexpr, HAS_SHIFT: tl.constexpr,
+                              FP8: tl.constexpr, BLOCK: tl.constexpr):
+        # h += y (* gate) in place (the residual stream, rounded to its dtype); then
+        # xn = RMSNorm(h) * gain (+ shift) with fp32 statistics; FP8: xn as e4m3 with a per-row scale
+        row = tl.program_id(0)
+        col = tl.arange(0, BLOCK)
+        m = col < N
+        h = tl.load(h_ptr + row * N + col, mask=m, other=0.0).to(tl.float32)
+        if HAS_Y:
+            y = tl.load(y_ptr + row * N + col, mask=m, other=0.0).to(tl.float32)
+            if HAS_GATE:
+                y = y * tl.load(gate_ptr + col, mask=m, other=0.0).to(tl.float32)
+            hq = (h + y).to(h_ptr.dtype.element_ty)
+            tl.store(h_ptr + row * N + col, hq, mask=m)
+            h = hq.to(tl.float32)  # normalise the stored (rounded) stream, as the model does
+        r = 1.0 / tl.sqrt(tl.sum(h * h, 0) / N + eps)
+        out = h * r * tl.load(gain_ptr + col, mask=m, other=0.0).to(tl.float32)
+        if HAS_SHIFT:
+            out = out + tl.load(shift_ptr + col, mask=m, other=0.0).to(tl.float32)
+        if FP8:
+            sc = tl.maximum(tl.max(tl.abs(tl.where(m, out, 0.0)), 0) / 448.0, 1e-12)
+            q = tl.minimum(tl.maximum(out / sc, -448.0), 448.0)
+            tl.store(xn_ptr + row * N + col, q.to(xn_ptr.dtype.element_ty), mask=m)
+            tl.store(xs_ptr + row, sc)
+        else:
+            tl.store(xn_ptr + row * N + col, out.to(xn_ptr.dtype.element_ty), mask=m)
+
+    @triton.jit
+    def _act(g, ACT: tl.constexpr):
+        if ACT == 0:  # GELU, tanh approximation
+            z = 0.7978845608028654 * (g + 0.044715 * g * g * g)
+            th = 2.0 / (1.0 + tl.exp(-2.0 * z)) - 1.0  # tanh(z), saturating cleanly at +-1
+            a = 0.5 * g * (1.0 + th)
+        else:  # SiLU
+            a = g / (1.0 + tl.exp(-g))
+        return a
+
+    @triton.jit
+    def _gated_act_kernel(gu_ptr, out_ptr, Fdim, ACT: tl.constexpr, BLOCK: tl.constexpr):
+        row = tl.program_id(0)
+        col = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        m = col < Fdim
+        g = tl.load(gu_ptr + row * 2 * Fdim + col, mask=m, other=0.0).to(tl.float32)
+        u = tl.load(gu_ptr + row * 2 * Fdim + Fdim + col, mask=m, other=0.0).to(tl.float32)
+        y = _act(g, ACT) * u
+        tl.store(out_ptr + row * Fdim + col, y.to(out_ptr.dtype.element_ty), mask=m)
+
+    @triton.jit
+    def _gated_act_fp8_kernel(gu_ptr, out_ptr, xs_ptr, Fdim: tl.constexpr, ACT: tl.constexpr, BLOCK: tl.constexpr):
+        # one program per row: pass 1 finds the row's amax of act(gate) * up, pass 2 recomputes
+        # (the row is L2-resident) and writes e4m3 with the per-row scale
+        row = tl.program_id(0)
+        amax = tl.zeros([BLOCK], tl.float32)
+        for c0 in range(0, Fdim, BLOCK):
+            col = c0 + tl.arange(0, BLOCK)
+            m = col < Fdim
+            g = tl.load(gu_ptr + row * 2 * Fdim + col, mask=m, other=0.0).to(tl.float32)
+            u = tl.load(gu_ptr + row * 2 * Fdim + Fdim + col, mask=m, other=0.0).to(tl.float32)
+            amax = tl.maximum(amax, tl.abs(_act(g, ACT) * u))
+        sc = tl.maximum(tl.max(amax, 0) / 448.0, 1e-12)
+        tl.store(xs_ptr + row, sc)
+        for c0 in range(0, Fdim, BLOCK):
+            col = c0 + tl.arange(0, BLOCK)
+            m = col < Fdim
+            g = tl.load(gu_ptr + row * 2 * Fdim + col, mask=m, other=0.0).to(tl.float32)
+            u = tl.load(gu_ptr + row * 2 * Fdim + Fdim + col, mask=m, other=0.0).to(tl.float32)
+            q = tl.minimum(tl.maximum(_act(g, ACT) * u / sc, -448.0), 448.0)
+            tl.store(out_ptr + row * Fdim + col, q.to(out_ptr.dtype.element_ty), mask=m)
+
+    @triton.jit
+    def _quant_rows_kernel(x_ptr, q_ptr, xs_ptr, N: tl.constexpr, BLOCK: tl.constexpr):
+        row = tl.program_id(0)
+        amax = tl.zeros([BLOCK], tl.float32)
+        for c0 in range(0, N, BLOCK):
+            col = c0 + tl.arange(0, BLOCK)
+            x = tl.load(x_ptr + row * N + col, mask=col < N, other=0.0).to(tl.float32)
+            amax = tl.maximum(amax, tl.abs(x))
+        sc = tl.maximum(tl.max(amax, 0) / 448.0, 1e-12)
+        tl.store(xs_ptr + row, sc)
+        for c0 in range(0, N, BLOCK):
+            col = c0 + tl.arange(0, BLOCK)
+            m = col < N
+            x = tl.load(x_ptr + row * N + col, mask=m, other=0.0).to(tl.float32)
+            q = tl.minimum(tl.maximum(x / sc, -448.0), 448.0)
+            tl.store(q_ptr + row * N + col, q.to(q_ptr.dtype.element_ty), mask=m)
+
+
 def _pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 
@@ -276,22 +401,35 @@ class FusedOps:
 
     # q [B, R, D]; k, v [B, >=n_keys, D] (row stride D); bias [B, >=n_keys] fp32 -> [B, R, D]
     def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
-                  n_keys: int, out: torch.Tensor | None = None) -> torch.Tensor:
-        """``out`` (optional, contiguous like q) receives the result."""
+                  n_keys: int, out: torch.Tensor | None = None, tok_limit: torch.Tensor | None = None,
+                  rows_per_tok: int = 1, scale: float | None = None) -> torch.Tensor:
+        """``out`` (optional, contiguous like q) receives the result.
+
+        ``tok_limit`` (int32 [R // rows_per_tok], shared by the batch): query row ``r`` sees only
+        keys ``< tok_limit[r // rows_per_tok]`` besides the key bias; this is how LeRobot's
+        block-causal masks (a cumulative sum over static per-token flags, so every row sees a
+        prefix of the keys) reach the kernel. ``scale`` defaults to ``1 / sqrt(D)``."""
         B, R, D = q.shape
+        scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
         if self.backend == "triton":
             assert q.is_contiguous()
             out = torch.empty_like(q) if out is None else out
-            self._launch_attention(out, k, v, bias, n_keys, q=q)
+            self._launch_attention(out, k, v, bias, n_keys, q=q, tok_limit=tok_limit, rows_per_tok=rows_per_tok,
+                                   scale=scale)
             return out
         kk, vv = k[:, :n_keys], v[:, :n_keys]
-        scores = torch.baddbmm(bias[:, None, :n_keys].to(q.dtype).expand(B, R, n_keys), q, kk.transpose(1, 2),
-                               alpha=1.0 / math.sqrt(D))
+        full = bias[:, None, :n_keys].to(q.dtype).expand(B, R, n_keys)
+        if tok_limit is not None:
+            rows = torch.arange(R, device=q.device) // rows_per_tok
+            hidden = torch.arange(n_keys, device=q.device)[None, :] >= tok_limit.to(torch.int64)[rows][:, None]
+            full = full.masked_fill(hidden[None], MASKED)
+        scores = torch.baddbmm(full, q, kk.transpose(1, 2), alpha=scale)
         res = torch.bmm(torch.softmax(scores, dim=-1), vv)
         return res if out is None else out.copy_(res)
 
     def _launch_attention(self, out: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
-                          n_keys: int, q: torch.Tensor) -> None:
+                          n_keys: int, q: torch.Tensor, tok_limit: torch.Tensor | None = None,
+                          rows_per_tok: int = 1, scale: float | None = None) -> None:
         B, R, D = out.shape
         assert out.is_contiguous() and k.stride()[1:] == (D, 1) and k.stride() == v.stride()
         bm, bn, warps, stages, split = self.attn_blocks["large" if R >= 2048 else "small"]
@@ -309,10 +447,14 @@ class FusedOps:
         if split > 1:
             part = torch.empty((B, split, R, D), dtype=torch.float32, device=out.device)
             ml = torch.empty((B, split, 2, R), dtype=torch.float32, device=out.device)
+        scale = 1.0 / math.sqrt(D) if scale is None else scale
+        if tok_limit is not None:
+            assert tok_limit.dtype == torch.int32 and tok_limit.is_contiguous()
         _attention_kernel[(rblocks, split, B)](
-            q, k, v, bias, out, part, ml, counters, R, 1.0 / math.sqrt(D), out.stride(0), k.stride(0),
-            bias.stride(0), n_keys=int(n_keys), D=D, BLOCK_M=bm, BLOCK_N=bn, SPLIT=split, KEYS_PER_SPLIT=per_split,
-            INLINE=inline, PRECISION=prec, num_warps=warps, num_stages=stages)
+            q, k, v, bias, out, part, ml, counters, tok_limit if tok_limit is not None else counters, R, scale,
+            out.stride(0), k.stride(0), bias.stride(0), int(rows_per_tok), n_keys=int(n_keys), D=D, BLOCK_M=bm,
+            BLOCK_N=bn, SPLIT=split, KEYS_PER_SPLIT=per_split, INLINE=inline, PRECISION=prec,
+            LIMIT=tok_limit is not None, num_warps=warps, num_stages=stages)
         if split > 1 and not inline:
             cbm = 16
             _attention_combine_kernel[(triton.cdiv(R, cbm), B)](part, ml, out, R, out.stride(0), D=D, BLOCK_M=cbm,
@@ -374,3 +516,109 @@ class FusedOps:
         x.copy_(x + dt * vf)
 
 
+
+    # -- ops for the LeRobot families' fast path (policies/lerobot/fused.py) -------------------
+
+    # x [B*L, row_stride] ([H q | KVH k | KVH v] heads of D, or [H q] only when k_dst is None);
+    # cos/sin [B, L, D] fp32 sign-folded -> q_out [B, KVH, L*G, D] (folded per KV head, row
+    # t*G + g), k_dst/v_dst [B, KVH, L, D] views (row stride D) of a K/V buffer
+    def rope_heads(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, q_out: torch.Tensor,
+                   k_dst: torch.Tensor | None, v_dst: torch.Tensor | None, L: int, G: int, KVH: int) -> None:
+        B, D = q_out.shape[0], q_out.shape[-1]
+        H = KVH * G
+        slots = H + (2 * KVH if k_dst is not None else 0)
+        if self.backend == "triton":
+            assert x.is_contiguous() and cos.is_contiguous() and sin.is_contiguous() and q_out.is_contiguous()
+            assert x.shape[-1] == slots * D
+            kd = k_dst if k_dst is not None else q_out
+            vd = v_dst if v_dst is not None else q_out
+            if k_dst is not None:
+                assert kd.stride()[2:] == (D, 1) and kd.stride() == vd.stride()
+                kb, kh = kd.stride(0), kd.stride(1)
+            else:
+                kb = kh = 0
+            _rope_heads_kernel[(B * L, slots)](x, cos, sin, q_out, kd, vd, L, G, KVH, slots * D, kb, kh,
+                                               D=D, HALF=D // 2, num_warps=max(1, min(4, D // 128)))
+            return
+        xs = x.view(B, L, slots, D)
+        n_rot = H + (KVH if k_dst is not None else 0)
+        qk = xs[:, :, :n_rot].to(cos.dtype)
+        half = D // 2
+        rot = qk * cos[:, :, None] + torch.cat([qk[..., half:], qk[..., :half]], dim=-1) * sin[:, :, None]
+        if G > 0:  # G == 0: a K/V-only layer
+            q_out.view(B, KVH, L, G, D).copy_(rot[:, :, :H].reshape(B, L, KVH, G, D).permute(0, 2, 1, 3, 4))
+        if k_dst is not None and v_dst is not None:
+            k_dst.copy_(rot[:, :, H:].transpose(1, 2))
+            v_dst.copy_(xs[:, :, n_rot:].transpose(1, 2))
+
+    # h [M, N] (+= y * gate, in place); returns RMSNorm(h) * gain (+ shift): gain/shift/gate [N]
+    # (fp32 gain = the norm's effective scale: Gemma 1 + w, Llama w, AdaRMS 1 + scale); with
+    # fp8 the result is (e4m3 [M, N], fp32 per-row scales [M])
+    def residual_norm(self, h: torch.Tensor, y: torch.Tensor | None, gain: torch.Tensor, eps: float,
+                      gate: torch.Tensor | None = None, shift: torch.Tensor | None = None,
+                      fp8: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        M, N = h.shape
+        if self.backend == "triton":
+            assert h.is_contiguous() and (y is None or y.is_contiguous())
+            xn = torch.empty((M, N), dtype=FP8_DTYPE if fp8 else h.dtype, device=h.device)
+            xs = torch.empty((M,), dtype=torch.float32, device=h.device) if fp8 else gain
+            _residual_norm_kernel[(M,)](h, y if y is not None else h, gate if gate is not None else gain, gain,
+                                        shift if shift is not None else gain, xn, xs, N, float(eps),
+                                        HAS_Y=y is not None, HAS_GATE=gate is not None, HAS_SHIFT=shift is not None,
+                                        FP8=fp8, BLOCK=_pow2(N), num_warps=4 if N <= 2048 else 8)
+            return (xn, xs) if fp8 else xn
+        if y is not None:
+            h.add_(y * gate.to(h.dtype) if gate is not None else y)
+        hf = h.to(torch.float32)
+        out = hf * torch.rsqrt(hf.pow(2).mean(-1, keepdim=True) + eps) * gain
+        if shift is not None:
+            out = out + shift
+        return quantize_rows_torch(out) if fp8 else out.to(h.dtype)
+
+    # gu [M, 2F] ([gate | up]) -> act(gate) * up [M, F] (act: "gelu_tanh" or "silu"); with fp8
+    # (e4m3 [M, F], fp32 per-row scales [M])
+    def gated_act(self, gu: torch.Tensor, act: str, fp8: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        M, F2 = gu.shape
+        Fd = F2 // 2
+        code = ACTIVATIONS.index(act)
+        if self.backend == "triton":
+            assert gu.is_contiguous()
+            if fp8:
+                out = torch.empty((M, Fd), dtype=FP8_DTYPE, device=gu.device)
+                xs = torch.empty((M,), dtype=torch.float32, device=gu.device)
+                _gated_act_fp8_kernel[(M,)](gu, out, xs, Fd, ACT=code, BLOCK=min(2048, _pow2(Fd)), num_warps=8)
+                return out, xs
+            out = torch.empty((M, Fd), dtype=gu.dtype, device=gu.device)
+            block = min(1024, _pow2(Fd))
+            _gated_act_kernel[(M, triton.cdiv(Fd, block))](gu, out, Fd, ACT=code, BLOCK=block, num_warps=4)
+            return out
+        gate, up = gu.chunk(2, dim=-1)
+        a = (F.gelu(gate, approximate="tanh") if code == 0 else F.silu(gate)) * up
+        return quantize_rows_torch(a) if fp8 else a
+
+    # x [M, N] -> (e4m3 [M, N], fp32 per-row scales [M]): scale = amax(|row|) / 448
+    def quant_rows(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        M, N = x.shape
+        if self.backend == "triton":
+            assert x.is_contiguous()
+            q = torch.empty((M, N), dtype=FP8_DTYPE, device=x.device)
+            xs = torch.empty((M,), dtype=torch.float32, device=x.device)
+            _quant_rows_kernel[(M,)](x, q, xs, N, BLOCK=min(2048, _pow2(N)), num_warps=8)
+            return q, xs
+        return quantize_rows_torch(x)
+
+
+#: the gated-MLP activations :meth:`FusedOps.gated_act` knows (Gemma, Llama)
+ACTIVATIONS = ("gelu_tanh", "silu")
+#: fp8 storage type of weights and activations (OCP e4m3, max 448)
+FP8_DTYPE = torch.float8_e4m3fn
+FP8_MAX = 448.0
+
+
+def quantize_rows_torch(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row symmetric e4m3 quantization in plain torch: ``(q [M, N], scale [M])`` with
+    ``x ~= q * scale[:, None]``; the kernels' twin and the reference of the fp8 tests."""
+    xf = x.to(torch.float32)
+    scale = (xf.abs().amax(dim=-1) / FP8_MAX).clamp(min=1e-12)
+    q = (xf / scale[:, None]).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+    return q, scale

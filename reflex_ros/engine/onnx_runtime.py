@@ -355,6 +355,7 @@ class OnnxEngine:
             cuda_graph=cuda_graph,
             model_type=c.model_type,
             camera_names=c.camera_names,
+            optional_cameras=c.optional_cameras,
             action_width=c.action_width,
             state_dim=c.state_dim,
             extra={

@@ -194,6 +194,7 @@ class TorchEngine:
             extra=info_extra,
             model_type=model_type,
             camera_names=tuple(p.camera_names),
+            optional_cameras=tuple(getattr(p, "optional_cameras", ())),
             action_width=p.action_width,
             state_dim=int(p.state_dim or 0),
         )

@@ -99,6 +99,9 @@ class EngineInfo:
     model_type: str = "reflex_ros_flow_vla"
     #: camera names in the export's order (``Observation.images`` keys)
     camera_names: tuple[str, ...] = ()
+    #: cameras the model expects to be absent at times (LeRobot's ``empty_camera_<i>``):
+    #: nothing needs to feed them; every other camera needs a source
+    optional_cameras: tuple[str, ...] = ()
     #: the sampler's action width (noise is ``(chunk_size, action_width)``); LeRobot models
     #: sample ``max_action_dim`` and the robot gets the first ``action_dim``
     action_width: int = 0

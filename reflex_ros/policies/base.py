@@ -39,6 +39,8 @@ class Processor(Protocol):
 
     #: camera names in the model's order (``Observation.images`` keys)
     camera_names: tuple[str, ...]
+    #: cameras that may be absent by design (LeRobot's empty cameras); the rest need a source
+    optional_cameras: tuple[str, ...]
     #: the model's input side in pixels (what a camera is resized to; informative)
     image_size: int
     chunk_size: int

@@ -324,12 +324,24 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "run", help="run the policy node with configure + activate (launch-file equivalent)",
         description="Start the lifecycle policy node, configure and activate it, stream its log; "
-                    "Ctrl-C deactivates (hold position), cleans up and shuts it down.")
+                    "Ctrl-C deactivates (hold position), cleans up and shuts it down.",
+        epilog="example (a LeRobot SmolVLA export on an SO-101):\n"
+               "  reflex-ros run ~/exports/smolvla --embodiment so100 \\\n"
+               "    --camera observation.images.top=/cam/top/image_raw \\\n"
+               "    --camera observation.images.wrist=/cam/wrist/image_raw --instruction 'pick up the cube'\n"
+               "A checkpoint's cameras are matched by name, never by position: every image feature of the "
+               "policy needs a --camera (LeRobot's empty cameras excepted).",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("export_dir", help="export directory (reflex-ros export --output DIR)")
     parser.add_argument("--embodiment", default=None, help="embodiment preset (franka, so100, ur5) or yaml path")
     parser.add_argument("--params-file", default=None,
                         help="ROS 2 parameters yaml (default: reflex_ros config/policy.yaml)")
     parser.add_argument("--auto-calibrate", action="store_true", help="set auto_calibrate:=true")
+    parser.add_argument("--camera", action="append", default=[], metavar="NAME=TOPIC",
+                        help="feed the model camera NAME (a LeRobot image feature key such as "
+                             "observation.images.top) from TOPIC; repeat per camera. Sets camera_names and "
+                             "camera_topics in this order")
+    parser.add_argument("--instruction", default=None, help="the language instruction (sets instruction)")
     parser.add_argument("--node-name", default=DEFAULT_NODE_NAME, help="node name (default %(default)s)")
     parser.add_argument("--namespace", default="", help="node namespace")
     parser.add_argument("--ros-args", dest="ros_args", nargs=argparse.REMAINDER, default=[],
@@ -349,10 +361,21 @@ def _run(args: argparse.Namespace) -> int:
         if not params_file.is_file():
             print(f"reflex-ros run: params file {str(params_file)!r} does not exist", file=sys.stderr)
             return 2
+    parameters: dict[str, Any] = {}
+    if args.camera:
+        pairs = [item.partition("=") for item in args.camera]
+        bad = [item for item, (name, eq, topic) in zip(args.camera, pairs, strict=True) if not (name and eq and topic)]
+        if bad:
+            print(f"reflex-ros run: --camera takes NAME=TOPIC, got {bad}", file=sys.stderr)
+            return 2
+        parameters["camera_names"] = [name for name, _, _ in pairs]
+        parameters["camera_topics"] = [topic for _, _, topic in pairs]
+    if args.instruction is not None:
+        parameters["instruction"] = args.instruction
     node = PolicyNodeProcess(
         export_dir, embodiment=args.embodiment, params_file=params_file,
         auto_calibrate=True if args.auto_calibrate else None, node_name=args.node_name,
-        namespace=args.namespace, ros_args=args.ros_args)
+        namespace=args.namespace, parameters=parameters, ros_args=args.ros_args)
     with stop_on_signals() as stop:
         try:
             try:

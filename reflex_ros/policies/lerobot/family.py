@@ -28,6 +28,8 @@ from reflex_ros.policies.lerobot.spec import FamilySpec
 WEIGHTS_FILE = "policy.safetensors"
 POLICY_CONFIG_FILE = "policy_config.json"
 TOKENIZER_DIR = "tokenizer"
+#: LeRobot names the image features its ``empty_cameras`` option adds ``...empty_camera_<i>``
+EMPTY_CAMERA = "empty_camera_"
 #: bump when policy_config.json's layout changes
 POLICY_CONFIG_VERSION = 1
 
@@ -45,6 +47,8 @@ class ObservationProcessor:
         for name in ("camera_names", "image_size", "chunk_size", "action_dim", "action_width",
                      "max_state_dim", "state_dim", "max_lang_tokens"):
             setattr(self, name, getattr(inner, name))
+        # LeRobot's `empty_cameras` add image features no robot has (always masked)
+        self.optional_cameras = tuple(k for k in self.camera_names if EMPTY_CAMERA in k.rsplit(".", 1)[-1])
 
     @property
     def spec(self) -> FamilySpec:

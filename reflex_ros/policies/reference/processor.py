@@ -26,6 +26,7 @@ class ReferenceProcessor:
 
     supports_cfg = True
     state_dim = None  # any length up to max_state_dim, zero-padded (pi0 style)
+    optional_cameras: tuple[str, ...] = ()
 
     def __init__(self, cfg: PolicyConfig) -> None:
         self.cfg = cfg
