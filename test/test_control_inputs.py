@@ -162,3 +162,25 @@ def test_joint_state_cached_index_follows_a_changed_name_order() -> None:
     np.testing.assert_array_equal(joint_state_to_vector(first, joints), [1.0, 2.0])
     with pytest.raises(ObservationError, match="'elbow' position is nan"):
         joint_state_to_vector(JointState(name=["elbow", "shoulder"], position=[float("nan"), 0.0]), joints)
+
+
+@pytest.mark.parametrize("names", [["a", "elbow", "a"], ["a", "elbow", "extra", "extra"]])
+def test_joint_state_with_a_duplicated_name_is_refused_naming_it(names: list[str]) -> None:
+    """Issue 13 item 2: the last value used to win silently (also for joints the policy
+    does not drive: which value is the joint's is unknowable)."""
+    duplicated = [n for n in names if names.count(n) > 1][0]
+    msg = JointState(name=names, position=[0.1 * i for i in range(len(names))])
+    with pytest.raises(ObservationError, match=rf"/joint_states: JointState lists joint\(s\) \['{duplicated}'\] "
+                                               "more than once; message refused"):
+        joint_state_to_vector(msg, ["a", "elbow"], "/joint_states")
+
+
+@pytest.mark.parametrize("value", [1e300, -1e300, 1e30, 3.5e38, 1e7])
+def test_joint_state_value_beyond_any_range_names_the_joint_and_the_value(value: float) -> None:
+    """Issue 13 items 1 and 12: a finite glitch (1e300 overflows float32 to inf) never reaches
+    the model, and the message names the joint and the value it was given."""
+    msg = JointState(name=["a", "elbow"], position=[0.0, value])
+    with pytest.raises(ObservationError) as info:
+        joint_state_to_vector(msg, ["a", "elbow"], "/joint_states")
+    text = str(info.value)
+    assert "'elbow'" in text and f"{value:g}" in text and "inf" not in text and "sensor glitch" in text
