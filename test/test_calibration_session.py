@@ -86,11 +86,12 @@ def test_measure_engine_on_the_tiny_export(engine):
         synthetic_observation(info, state_dim=info.max_state_dim + 1)
 
 
-def test_export_precisions(tmp_path, tiny_export):
+def test_export_precisions_are_what_the_exporter_writes(tmp_path, tiny_export):
+    """No file-name sniffing for formats no exporter writes: a stray `*_fp8.onnx` is not an
+    fp8 export."""
     assert export_precisions(tiny_export) == ("fp32",)
-    for name in ("model_int8.onnx", "expert_denoise_fp8.onnx", "notes_fp16.txt"):
-        (tmp_path / name).write_text("x")
-    assert export_precisions(tmp_path) == ("fp32", "int8", "fp8")
+    (tmp_path / "expert_denoise_fp8.onnx").write_text("x")
+    assert export_precisions(tmp_path) == ("fp32",)
 
 
 # --------------------------------------------------------------------------- session
@@ -202,6 +203,43 @@ def test_a_corrupt_cache_costs_a_measurement_not_a_crash(tmp_path, engine):
     assert not res.cache_hit and (tmp_path / "calibration.json.corrupt").exists()
     assert any("is corrupt" in line and "calibration.json.corrupt" in line for line in lines)
     assert res.key in json.loads(path.read_text())["entries"]
+
+
+@pytest.mark.parametrize(("damage", "reason"), [
+    (lambda e: [e["nfe"], e["chunk_size"]], "entry is a JSON array, expected an object"),
+    (lambda e: {**e, "prefix_ms": None}, "prefix_ms=None is not a number"),
+    (lambda e: {**e, "preprocess_ms": "fast"}, "preprocess_ms='fast' is not a number"),
+    (lambda e: {**e, "expert_step_ms": float("nan")}, "expert_step_ms=nan is not finite"),
+    (lambda e: {**e, "expert_step_ms": -3}, "expert_step_ms=-3 is out of range (must be > 0)"),
+    (lambda e: {**e, "measured_at": "2999-01-01T00:00:00.000000Z"}, "measured_at 2999-01-01T00:00:00.000000Z is in the future"),
+    (lambda e: {**e, "latency_compensation_ms": float("inf")}, "latency_compensation_ms=inf is not finite"),
+    (lambda e: {**e, "provider": 7}, "provider=7 is not a name"),
+    (lambda e: {**e, "measurement_quality": {**e["measurement_quality"], "quality_score": "good"}},
+     "measurement_quality.quality_score='good' is not a number"),
+])
+def test_a_malformed_or_impossible_entry_is_stale_logged_re_measured_and_overwritten(tmp_path, engine, damage,
+                                                                                     reason):
+    """Issue 13 items 8-9: such entries crashed resolve (AttributeError / TypeError / ValueError)
+    or were taken as cache hits (NaN -> NFE 1 with the chunk halved, -3 -> "-28.9 ms <= budget",
+    2999 never expires)."""
+    from reflex_ros.calibration.cache import entry_problem
+
+    path = tmp_path / "calibration.json"
+    key = session(path, []).resolve(engine, control_frequency_hz=30.0, execute_steps=10).key
+    document = json.loads(path.read_text())
+    document["entries"][key] = damage(document["entries"][key])
+    path.write_text(json.dumps(document))
+    lines: list[str] = []
+    before = runs(engine)
+    res = session(path, lines).resolve(engine, control_frequency_hz=30.0, execute_steps=10)
+    assert not res.cache_hit and runs(engine) > before  # measured again
+    assert len(res.stale_reasons) == 1 and res.stale_reasons[0].startswith(f"malformed entry ({reason}"), \
+        res.stale_reasons
+    assert any(line.startswith(f"[auto-calibrate] cache stale (malformed entry ({reason}") and "re-measuring" in line
+               for line in lines), lines
+    assert (res.nfe, res.chunk_size) == (10, 50)  # what the tiny export gets from a sound measurement
+    entry = json.loads(path.read_text())["entries"][key]
+    assert entry_problem(entry) is None and entry["source"] == "measured"
 
 
 def test_re_resolve_before_resolve_is_a_clear_error(tmp_path):

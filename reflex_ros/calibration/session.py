@@ -21,7 +21,6 @@ Thread model: ``record_*`` may be called from any thread. Persisting a learned v
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -44,7 +43,6 @@ from reflex_ros.engine.types import Engine, ReflexError
 from reflex_ros.vocab import CPU, FP32, ONNX, TORCH
 
 LOG = rs.LOG_PREFIX
-_PRECISION_IN_NAME = re.compile(r"(?:^|[_.\-])(fp16|int8|fp8)(?:[_.\-]|$)")
 
 
 @dataclass
@@ -75,19 +73,10 @@ class Resolution:
 
 
 def export_precisions(export_dir: str | Path | None) -> tuple[str, ...]:
-    """Precisions an export directory ships graphs for: fp32 always (our exports are fp32
-    graphs; TensorRT builds fp16 from them), plus fp16/int8/fp8 for files named so
-    (``model_int8.onnx``, ``expert_denoise_fp8.onnx``...)."""
-    found = {"fp32"}
-    if export_dir:
-        try:
-            for path in Path(export_dir).glob("*.onnx"):
-                match = _PRECISION_IN_NAME.search(path.stem + ".")
-                if match:
-                    found.add(match.group(1))
-        except OSError:
-            pass
-    return tuple(p for p in rs.PRECISIONS if p in found)
+    """Precisions an export's graphs are stored in: fp32, always (``reflex-ros export`` writes
+    fp32 graphs; TensorRT builds fp16 kernels from them, which the resolver's provider rule
+    covers). The argument is kept for the day an exporter writes other graphs."""
+    return (rs.FP32,)
 
 
 def onnx_providers() -> tuple[str, ...]:
@@ -188,9 +177,10 @@ class CalibrationSession:
         entry = document["entries"].get(self._key) if document else None
         reasons: list[str] = []
         if entry is not None:
+            # a malformed entry (any field; it may not even be an object) is stale, never a crash
             reasons = staleness_reasons(document, entry, fingerprint, version, force=self.force)
-            measured_with = (str(entry.get("provider")), str(entry.get("variant")))
-            if measured_with != self._runtime:
+            measured_with = (str(entry.get("provider")), str(entry.get("variant"))) if isinstance(entry, dict) else None
+            if measured_with is not None and not entry_problem(entry) and measured_with != self._runtime:
                 # The timings describe another runtime (a provider/dtype switch): re-measure.
                 reasons.append(f"measured with {measured_with[0]} {measured_with[1]}, the engine runs "
                                f"{self._runtime[0]} {self._runtime[1]}")
@@ -358,7 +348,7 @@ class CalibrationSession:
             "provider": self._runtime[0],
             "variant": self._runtime[1],
             "measurement_quality": m.quality_dict(),
-            "expert_step_ms": round(m.expert_step_ms, 4),
+            "expert_step_ms": max(round(m.expert_step_ms, 4), 0.0001),  # > 0, what entry_problem requires
             "prefix_ms": round(m.prefix_ms, 4),
             "preprocess_ms": round(m.preprocess_ms, 4),
             "source": source,
