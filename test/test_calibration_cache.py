@@ -102,6 +102,10 @@ def test_timestamps_use_the_seed_format():
         ({"age_days": 31}, "older than 30 days (31.0 days"),
         ({"entry": {"expert_step_ms": None}}, "entry lacks expert_step_ms"),
         ({"entry": {"nfe": 0}}, "malformed entry (nfe=0 is not a positive integer)"),
+        ({"entry": {"measured_at": "2999-01-01T00:00:00Z"}}, "malformed entry (measured_at 2999-01-01T00:00:00.000000Z "
+                                                            "is in the future"),
+        ({"entry": {"prefix_ms": float("nan")}}, "malformed entry (prefix_ms=nan is not finite)"),
+        ({"entry": {"latency_source": "guessed"}}, "malformed entry (latency_source='guessed' is not one of"),
     ],
 )
 def test_staleness_rules(change, expected):

@@ -78,3 +78,22 @@ def test_second_start_hits_the_cache_and_explicit_latency_wins(tiny_export: Path
             assert robot.get_params("latency_compensation_ms") == [45.0]
         finally:
             robot.close()
+
+
+def test_a_malformed_cache_entry_costs_a_measurement_not_a_failed_configure(tiny_export: Path,
+                                                                            tmp_path: Path) -> None:
+    """Issue 13 item 8: an entry that is a JSON array made configure fail with AttributeError."""
+    from reflex_ros.calibration.cache import entry_problem, format_time, utc_now
+    from reflex_ros.calibration.fingerprint import collect_fingerprint, reflex_version
+
+    key = f"so100::{load_bundle(tiny_export).model_hash}"
+    path = tmp_path / "calibration.json"
+    path.write_text(json.dumps({"schema_version": 1, "reflex_version": reflex_version(),
+                                "calibration_date": format_time(utc_now()),
+                                "hardware_fingerprint": collect_fingerprint(), "entries": {key: [10, 50, 60.0]}}))
+    with _node(tiny_export, path, "reflex_calib_bad") as node:
+        assert node.state() == "active"
+        stale = [line for line in node.lines if "[auto-calibrate] cache stale" in line]
+        assert stale and "malformed entry (entry is a JSON array, expected an object)" in stale[0]
+        assert any("[auto-calibrate] wrote" in line for line in node.lines)
+    assert entry_problem(json.loads(path.read_text())["entries"][key]) is None  # overwritten with a good one

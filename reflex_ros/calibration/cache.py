@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import sys
 import tempfile
@@ -160,21 +161,82 @@ def parse_document(text: str) -> dict[str, Any]:
     return data
 
 
-def entry_problem(entry: Any) -> str | None:
-    """Why an entry cannot be used (None when it can)."""
+# How far in the future a date may lie before it is impossible (clock adjustments between
+# hosts sharing a home directory); a later one would never expire.
+FUTURE_SKEW_S = 300.0
+LATENCY_SOURCES = ("cold_start", "learned", "explicit")
+MAX_LATENCY_MS = 60_000.0
+
+
+def _number_problem(name: str, value: Any, *, minimum: float = 0.0, strict: bool = False,
+                    maximum: float = math.inf, integer: bool = False) -> str | None:
+    """Why ``value`` is not a usable number for ``name`` (JSON null, strings, booleans, NaN,
+    inf, out of range), or None."""
+    kind = int if integer else int | float
+    if not isinstance(value, kind) or isinstance(value, bool):
+        want = "an integer" if integer else "a number"
+        return f"{name}={value!r} is not {want}"
+    if not math.isfinite(value):
+        return f"{name}={value!r} is not finite"
+    if value < minimum or (strict and value == minimum) or value > maximum:
+        low = f"> {minimum:g}" if strict else f">= {minimum:g}"
+        high = f" and <= {maximum:g}" if math.isfinite(maximum) else ""
+        return f"{name}={value!r} is out of range (must be {low}{high})"
+    return None
+
+
+def _date_problem(name: str, value: Any, now: datetime) -> str | None:
+    when = parse_time(value)
+    if when is None:
+        return f"{name}={value!r} is not a date"
+    ahead_s = (when - now).total_seconds()
+    if ahead_s > FUTURE_SKEW_S:
+        return f"{name} {format_time(when)} is in the future (this host's clock says {format_time(now)})"
+    return None
+
+
+def entry_problem(entry: Any, now: datetime | None = None) -> str | None:
+    """Why an entry cannot be used (None when it can): every field is checked for its type,
+    finiteness and range, and dates must not lie in the future. An entry with a problem is
+    stale: the session logs the reason, measures again and overwrites it."""
     if not isinstance(entry, dict):
-        return f"entry is a JSON {type(entry).__name__}, expected an object"
+        return f"entry is a JSON {'array' if isinstance(entry, list) else type(entry).__name__}, expected an object"
     missing = [k for k in ENTRY_REQUIRED_KEYS if k not in entry]
     if missing:
         return f"entry lacks {', '.join(missing)}"
-    quality = entry["measurement_quality"]
-    if not isinstance(quality, dict):
-        return "measurement_quality is not an object"
     for key in ("chunk_size", "nfe"):
         if not isinstance(entry[key], int) or isinstance(entry[key], bool) or entry[key] < 1:
             return f"{key}={entry[key]!r} is not a positive integer"
-    if not isinstance(entry["latency_compensation_ms"], int | float) or entry["latency_compensation_ms"] < 0:
-        return f"latency_compensation_ms={entry['latency_compensation_ms']!r} is not a number >= 0"
+    checks = [_number_problem("latency_compensation_ms", entry["latency_compensation_ms"], maximum=MAX_LATENCY_MS)]
+    if "expert_step_ms" in entry and entry["expert_step_ms"] is not None:
+        checks.append(_number_problem("expert_step_ms", entry["expert_step_ms"], strict=True))
+    for key in ("prefix_ms", "preprocess_ms"):
+        if key in entry:
+            checks.append(_number_problem(key, entry[key]))
+    for problem in checks:
+        if problem:
+            return problem
+    for key in ("provider", "variant"):
+        if not isinstance(entry[key], str) or not entry[key]:
+            return f"{key}={entry[key]!r} is not a name"
+    if "source" in entry and not isinstance(entry["source"], str):
+        return f"source={entry['source']!r} is not a string"
+    if "latency_source" in entry and entry["latency_source"] not in LATENCY_SOURCES:
+        return f"latency_source={entry['latency_source']!r} is not one of {list(LATENCY_SOURCES)}"
+    quality = entry["measurement_quality"]
+    if not isinstance(quality, dict):
+        return "measurement_quality is not an object"
+    for key in QUALITY_KEYS:
+        if key in quality:
+            problem = _number_problem(f"measurement_quality.{key}", quality[key],
+                                      integer=key in ("warmup_iters", "measurement_iters", "n_outliers_dropped"),
+                                      maximum=1.0 if key == "quality_score" else math.inf)
+            if problem:
+                return problem
+    when = now or utc_now()
+    for key in ("measured_at", "updated_at"):
+        if key in entry and (problem := _date_problem(key, entry[key], when)):
+            return problem
     return None
 
 
@@ -187,7 +249,7 @@ def order_entry(entry: Mapping[str, Any]) -> dict[str, Any]:
 
 def staleness_reasons(
     document: Mapping[str, Any],
-    entry: Mapping[str, Any],
+    entry: Any,
     current_fingerprint: Mapping[str, Any],
     current_version: str,
     *,
@@ -200,10 +262,13 @@ def staleness_reasons(
     The rules: ``calibrate_force``; a hardware fingerprint mismatch (GPU swap, driver
     major/minor bump, CUDA, CPU count, RAM); a reflex_ros version change; an age over
     ``max_age_days`` (measured from the entry's ``measured_at``, else the file's
-    ``calibration_date``); and an entry that is malformed or lacks ``expert_step_ms`` (a
-    seed-format entry from another tool cannot be re-resolved without re-measuring).
+    ``calibration_date``); and an entry that is malformed (:func:`entry_problem`: any
+    field of the wrong type, non-finite, out of range, dated in the future; the entry may not
+    even be an object) or lacks ``expert_step_ms`` (a seed-format entry from another tool
+    cannot be re-resolved without re-measuring).
     """
     reasons: list[str] = []
+    when = now or utc_now()
     if force:
         reasons.append("calibrate_force is set")
     ok, why = matches(document.get("hardware_fingerprint"), current_fingerprint)
@@ -212,17 +277,22 @@ def staleness_reasons(
     cached_version = document.get("reflex_version")
     if str(cached_version) != str(current_version):
         reasons.append(f"reflex_ros version changed ({cached_version} -> {current_version})")
-    measured = parse_time(entry.get("measured_at")) or parse_time(document.get("calibration_date"))
+    problem = entry_problem(entry, when)
+    if problem:  # nothing else in it can be trusted (nor read: it may not even be an object)
+        reasons.append(f"malformed entry ({problem})")
+        return reasons
+    measured = parse_time(entry.get("measured_at"))
+    if measured is None and (measured := parse_time(document.get("calibration_date"))) is not None \
+            and (date_problem := _date_problem("calibration_date", document.get("calibration_date"), when)):
+        reasons.append(f"malformed entry (no measured_at, and the file's {date_problem})")
+        return reasons
     if measured is None:
         reasons.append("no measurement date")
     else:
-        age_days = ((now or utc_now()) - measured).total_seconds() / 86400.0
+        age_days = (when - measured).total_seconds() / 86400.0
         if age_days > max_age_days:
             reasons.append(f"older than {max_age_days:g} days ({age_days:.1f} days, measured {format_time(measured)})")
-    problem = entry_problem(entry)
-    if problem:
-        reasons.append(f"malformed entry ({problem})")
-    elif not isinstance(entry.get("expert_step_ms"), int | float):
+    if not isinstance(entry.get("expert_step_ms"), int | float):
         reasons.append("entry lacks expert_step_ms (written by another tool); re-measuring")
     return reasons
 

@@ -76,9 +76,7 @@ def calibration_report(path: str | Path | None, now: datetime | None = None,
     when = now or utc_now()
     for key, entry in sorted(document["entries"].items()):
         embodiment, model_hash = split_entry_key(key)
-        reasons = staleness_reasons(document, entry if isinstance(entry, dict) else {}, current, version, now=when)
-        if not isinstance(entry, dict):
-            reasons.append(f"malformed entry (a JSON {type(entry).__name__})")
+        reasons = staleness_reasons(document, entry, current, version, now=when)
         entries.append({
             "key": key,
             "embodiment": embodiment,
