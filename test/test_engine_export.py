@@ -8,6 +8,7 @@ session fixtures stay pristine.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -326,3 +327,101 @@ def test_large_graphs_use_one_external_data_file(tmp_path: Path, monkeypatch) ->
     data.unlink()
     with pytest.raises(ExportError, match=f"{EXPERT_FILE}.data, which is missing"):
         load_bundle(out)
+
+
+# --------------------------------------------------------------------------- output places (issue 13 items 10-11)
+
+
+class Mounts:
+    """Real tmpfs mounts (root in a mount-capable container, as on the dev machine and in CI):
+    the only way to make a directory unwritable for root, and the mount point users hit."""
+
+    def __init__(self) -> None:
+        self.points: list[Path] = []
+
+    def tmpfs(self, target: Path, read_only: bool = False) -> Path:
+        import subprocess
+
+        target.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m" + (",ro" if read_only else ""), "tmpfs",
+                               str(target)], capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or done.returncode}); these cases need "
+                        "root with CAP_SYS_ADMIN")
+        self.points.append(target)
+        return target
+
+    def read_only(self, target: Path) -> None:
+        import subprocess
+
+        subprocess.run(["mount", "-o", "remount,ro", str(target)], check=True)
+
+    def close(self) -> None:
+        import subprocess
+
+        for point in reversed(self.points):
+            subprocess.run(["umount", "-l", str(point)], capture_output=True)
+
+
+@pytest.fixture()
+def mounts():
+    m = Mounts()
+    try:
+        yield m
+    finally:
+        m.close()
+
+
+def _one_line_error(capsys) -> tuple[str, str]:
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return captured.out, err
+
+
+def test_validate_output_json_unwritable_exits_2_before_the_parity_check(tiny_export: Path, tmp_path: Path,
+                                                                         mounts, capsys) -> None:
+    """It used to run the whole check, then print a traceback and exit 1 (the parity-failure code)."""
+    locked = mounts.tmpfs(tmp_path / "ro", read_only=True)
+    (tmp_path / "a_file").write_text("x")
+    for target, why in ((locked / "parity.json", f"cannot create {locked / 'parity.json'}: {locked} is not writable"),
+                        (tmp_path / "a_file" / "parity.json", "is not a directory"),
+                        (tmp_path, f"{tmp_path} is a directory")):
+        rc = cli_main(["validate", str(tiny_export), "--fixtures", "1", "--output-json", str(target)])
+        out, err = _one_line_error(capsys)
+        assert rc == 2 and err.startswith("error: --output-json: ") and why in err, err
+        assert out == ""  # refused up front: no parity table was printed
+
+
+def test_export_into_an_empty_mount_point_fills_it(tmp_path: Path, mounts, capsys) -> None:
+    """It used to fail with OSError [Errno 16] Device or resource busy (and, once filled in
+    place from a sibling, EXDEV: the sibling is on another filesystem)."""
+    out = mounts.tmpfs(tmp_path / "mnt")
+    rc = cli_main(["export", "--model", "tiny", "--output", str(out), "--mode", "decomposed", "--fixtures", "1"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert os.path.ismount(out) and (out / CONFIG_FILE).is_file()
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporary directory left
+    assert [p.name for p in tmp_path.iterdir()] == ["mnt"]
+    load_bundle(out)
+
+
+def test_export_into_an_empty_directory_whose_parent_is_not_writable(tmp_path: Path, mounts, capsys) -> None:
+    """A writable empty directory (here a mount point) in a read-only parent is filled in place;
+    a new directory there, or an empty one that is itself read-only, is refused up front."""
+    parent = mounts.tmpfs(tmp_path / "parent")
+    (parent / "empty_ro").mkdir()
+    (parent / "mnt").mkdir()
+    mounts.read_only(parent)
+    out = mounts.tmpfs(parent / "mnt")
+    assert cli_main(["export", "--model", "tiny", "--output", str(out), "--mode", "decomposed",
+                     "--fixtures", "1"]) == 0, capsys.readouterr().err
+    assert (out / CONFIG_FILE).is_file()
+    capsys.readouterr()
+    for target, why in ((parent / "new", f"cannot write next to {parent / 'new'}: {parent} is not writable"),
+                        (parent / "empty_ro", f"cannot write into {parent / 'empty_ro'}: the directory is not "
+                                              "writable")):
+        rc = cli_main(["export", "--model", "tiny", "--output", str(target), "--mode", "decomposed"])
+        stdout, err = _one_line_error(capsys)
+        assert rc == 2 and why in err, err
+        assert stdout == ""  # refused before loading or exporting anything

@@ -334,26 +334,45 @@ def perturb_onnx_weights(path: Path, scale: float) -> int:
 # --------------------------------------------------------------------------- the output directory
 
 
-def check_output_dir(out: Path, force: bool) -> None:
+def _fill_in_place(out: Path) -> bool:
+    """Whether the export is assembled inside ``out`` and moved up into it: ``out`` is an
+    existing empty directory (a mount point, one the user made, perhaps in a directory the
+    user cannot write). A sibling would be on another filesystem (a mount point: EXDEV on the
+    final rename) or in a directory we cannot write (EACCES)."""
+    return out.is_dir() and not any(out.iterdir())
+
+
+def check_output_dir(out: Path, force: bool, ignore: Path | None = None) -> None:
     """Refuse up front what cannot end well: a file, a non-empty directory without ``--force``,
     ``--force`` onto a directory that is not an export (it would destroy a checkpoint or
-    anything else), and a parent we cannot write (the temporary sibling lives there)."""
+    anything else), and a place we cannot write: the export is assembled in a temporary
+    directory inside an existing empty ``out``, else in a sibling, and moved into place.
+    ``ignore``: our own temporary directory (when checking again just before the move)."""
     if out.exists() and not out.is_dir():
         raise ExportError(f"output {out} exists and is not a directory; choose another --output")
-    if out.is_dir() and any(out.iterdir()):
+    contents = [p for p in out.iterdir() if p != ignore] if out.is_dir() else []
+    if contents:
         if not force:
             raise ExportError(f"output directory {out} is not empty; choose a new --output "
                               "(or pass --force to replace an earlier export there)")
         if not (out / CONFIG_FILE).is_file():
             raise ExportError(f"output directory {out} is not empty and holds no {CONFIG_FILE}: --force only "
                               "replaces an earlier reflex_ros export; choose a new --output")
-    parent = out.parent
-    probe = parent
+    elif out.is_dir():  # empty: filled in place, so only the directory itself must be writable
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise ExportError(f"cannot write into {out}: the directory is not writable; choose an --output you "
+                              "can write")
+        return
+    probe = out.parent
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
+    if not probe.is_dir():
+        raise ExportError(f"cannot create {out}: {probe} is not a directory; choose another --output")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise ExportError(f"cannot write next to {out}: {probe} is not writable (the export is assembled in a "
-                          "temporary sibling and moved into place); choose an --output in a writable directory")
+                          "temporary sibling and moved into place); choose an --output in a writable directory, "
+                          "or create the directory and make it writable (an existing empty directory is filled "
+                          "in place)")
 
 
 def _normal_permissions(directory: Path) -> None:
@@ -371,9 +390,10 @@ def _move_into_place(tmp: Path, out: Path) -> None:
 
     An existing empty directory (a mount point, one made by the user) is filled instead of
     replaced: renaming onto a mount point fails with EBUSY, and the user may not own the
-    parent."""
+    parent. ``tmp`` then lives inside ``out`` (:func:`_fill_in_place`), so each rename stays
+    on one filesystem."""
     _normal_permissions(tmp)
-    if out.is_dir() and not any(out.iterdir()):
+    if tmp.parent == out or (out.is_dir() and not any(out.iterdir())):
         for item in tmp.iterdir():
             os.rename(item, out / item.name)
         tmp.rmdir()
@@ -460,8 +480,11 @@ def export_model(
     except ValueError as exc:
         raise ReflexError(str(exc)) from None
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    if _fill_in_place(out):
+        tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=out))
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         source.write(tmp)
         config = build_config(source, layouts=layouts, nfe=nfe, opset=opset)
@@ -493,7 +516,7 @@ def export_model(
             "seed": seed,
         })
         write_config(tmp, config)
-        check_output_dir(out, force)  # someone may have written there while we exported
+        check_output_dir(out, force, ignore=tmp)  # someone may have written there while we exported
         _move_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

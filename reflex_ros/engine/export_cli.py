@@ -174,6 +174,8 @@ def _writable_target(path: Path) -> str | None:
         return f"{path} is a directory"
     if path.exists() and not os.access(path, os.W_OK):
         return f"{path} is not writable"
+    if not path.exists() and not probe.is_dir():
+        return f"cannot create {path}: {probe} is not a directory"
     if not path.exists() and not os.access(probe, os.W_OK | os.X_OK):
         return f"cannot create {path}: {probe} is not writable"
     return None
@@ -183,10 +185,16 @@ def _validate_handler(args: argparse.Namespace) -> int:
     if args.output_json is not None and (why := _writable_target(args.output_json)) is not None:
         return _error(f"--output-json: {why}")
 
-    def write_json(doc: dict) -> None:
-        if args.output_json is not None:
+    def write_json(doc: dict) -> str | None:
+        """Write the result; the reason it could not be written (one line), or None."""
+        if args.output_json is None:
+            return None
+        try:
             args.output_json.parent.mkdir(parents=True, exist_ok=True)
             args.output_json.write_text(json.dumps(doc, indent=2) + "\n")
+        except OSError as exc:  # checked up front; this is a race or a full disk
+            return f"--output-json: cannot write {args.output_json} ({exc.strerror or exc})"
+        return None
 
     try:
         from reflex_ros.engine.export import validate_export
@@ -195,12 +203,13 @@ def _validate_handler(args: argparse.Namespace) -> int:
         report = validate_export(
             args.export_dir, threshold=args.threshold, strict=args.strict, fixtures=args.fixtures, seed=args.seed
         )
-        write_json(report.to_dict())
     except ReflexError as exc:
         write_json({"export_dir": str(args.export_dir), "passed": False, "error": str(exc)})
         return _error(str(exc))
     except (OSError, ValueError) as exc:
         return _error(f"{type(exc).__name__}: {exc}")
+    if (why := write_json(report.to_dict())) is not None:
+        return _error(why)
     return EXIT_OK if report.passed else EXIT_PARITY_FAILED
 
 
