@@ -202,4 +202,12 @@ def test_predict_input_errors_name_the_key(tmp_path: Path, export_of, capsys) ->
     assert cli_main(["predict", str(exported), "--inputs", str(tmp_path / "short.npz"),
                      "--output", str(tmp_path / "o.npz")]) == 2
     assert "state must have shape (10,)" in capsys.readouterr().err
+    # issue 13 item 12: a finite value that overflows float32 is named with the value given, never "inf"
+    huge = {**src, "obs.observation.state": np.where(np.arange(10) == 3, 1e300, src["obs.observation.state"].astype(np.float64))}
+    np.savez(tmp_path / "huge.npz", **huge)
+    assert cli_main(["predict", str(exported), "--inputs", str(tmp_path / "huge.npz"),
+                     "--output", str(tmp_path / "o.npz")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("error: observation.state[3] is 1e+300, which does not fit in float32; all state values must be "
+                   "finite float32"), err
     assert not (tmp_path / "o.npz").exists()

@@ -65,7 +65,10 @@ def observation_from_npz(data: Any, info: Any) -> tuple[Observation, np.ndarray 
     task = str(task.item() if isinstance(task, np.ndarray) else task)
     noise = np.asarray(data["noise"], dtype=np.float32) if "noise" in keys else None
     steps = int(np.asarray(data["num_steps"]).item()) if "num_steps" in keys else None
-    state = state.astype(np.float32) if state.dtype.kind == "f" else state
+    if state.dtype.kind == "f":  # checked before the cast: 1e300 would become inf and be reported as inf
+        from reflex_ros.engine.observation import checked_state
+
+        state = checked_state(state, max_dim=state.size)
     return Observation(images=images, state=state, instruction=task), noise, steps
 
 
