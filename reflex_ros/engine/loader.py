@@ -75,11 +75,11 @@ def _load_torch(bundle: Bundle, provider: str | None, dtype: str, cuda_graph: bo
         raise ProviderUnavailableError(f"torch engine: device {provider!r} is not one of {list(TORCH_DEVICES)}")
     try:
         device = resolve_device(provider or ("cuda" if torch.cuda.is_available() else "cpu"), cuda_graph)
-        resolve_dtype(dtype)
+        resolve_dtype("bf16" if dtype == "fp8" else dtype)  # fp8: bf16 weights + e4m3 GEMMs (TorchEngine)
     except (RuntimeError, ValueError) as exc:  # unknown dtype name
         raise ProviderUnavailableError(f"torch engine: {exc}") from None
     processor = bundle.processor()
-    model = load_bundle_model(bundle, device=device, dtype=dtype)  # straight to the device
+    model = load_bundle_model(bundle, device=device, dtype="bf16" if dtype == "fp8" else dtype)  # straight to the device
     c = bundle.config
     # The torch engine runs the same loop as the decomposed graphs: any NFE the export serves.
     layout = DECOMPOSED if DECOMPOSED in c.layouts else c.default_layout

@@ -154,14 +154,24 @@ class TorchEngine:
         extra: dict[str, str] | None = None,
     ) -> None:
         self.device = resolve_device(device, cuda_graph)
+        # fp8 = bf16 weights + e4m3 GEMMs on the family's fused graph path (engine/fp8.py)
+        fp8 = isinstance(dtype, str) and dtype == "fp8"
+        if fp8:
+            from reflex_ros.engine.fp8 import require_fp8
+
+            require_fp8(self.device)
+            if not cuda_graph or fused is False or fast_path is None:
+                raise ProviderUnavailableError("fp8 runs on the fused CUDA-graph path only: use cuda_graph=True "
+                                               "with a family fast path, or dtype bf16")
+            dtype = "bf16"
         self.dtype = resolve_dtype(dtype)
         self.cuda_graph = bool(cuda_graph)
         self.processor = processor
         self.model: Any = model.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
         self.fused: Any = None
         if fused is not False and fast_path is not None:
-            self.fused = fast_path(self.model)
-            if self.fused is None and fused:
+            self.fused = fast_path(self.model, fp8=True) if fp8 else fast_path(self.model)
+            if self.fused is None and (fused or fp8):
                 raise ValueError("fused=True but this model has no fast path (see the family's fast_path)")
         elif fused:
             raise ValueError("fused=True needs the family's fast path")
@@ -182,7 +192,7 @@ class TorchEngine:
         self.info = EngineInfo(
             engine="torch",
             provider=self.device.type,
-            dtype=dtype_name(self.dtype),
+            dtype="fp8" if fp8 else dtype_name(self.dtype),
             chunk_size=p.chunk_size,
             action_dim=p.action_dim,
             max_state_dim=p.max_state_dim,

@@ -143,8 +143,14 @@ class LeRobotFamily:
         for name, (mod, leaf) in owners.items():
             mod._buffers[leaf] = fresh[name].to(device)
 
-    def fast_path(self, model: Any) -> Any | None:
-        return None  # the torch engine captures the model's own prefix + velocity
+    def fast_path(self, model: Any, fp8: bool = False) -> Any | None:
+        """The fused CUDA-graph path (``lerobot/fused.py``) where it covers ``model``, else None
+        (the torch engine then captures the model's own prefix + velocity). ``fp8``: e4m3 MLP
+        GEMMs (the engine's ``fp8`` precision; it checks the GPU first)."""
+        from reflex_ros.policies.lerobot.fused import LeRobotFastPath, supports
+
+        ok, _ = supports(model)
+        return LeRobotFastPath(model, fp8=fp8) if ok else None
 
     # -- export -----------------------------------------------------------------------------
     def export_source(self, source: str, **_: Any) -> ExportSource:
