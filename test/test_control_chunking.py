@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -12,8 +13,10 @@ from reflex_ros.control.chunking import (
     SafetyLimits,
     control_period_ns,
     finite_differences,
+    gate_positions,
     plan_chunk,
     skipped_steps,
+    state_fault,
 )
 
 J = 3
@@ -86,10 +89,49 @@ def test_step_limit_first_point_relative_to_state_then_between_points() -> None:
     assert (np.abs(np.diff(plan.positions, axis=0)) <= 0.1 + 1e-12).all()
 
 
-def test_robot_outside_limits_is_brought_back_without_jumping() -> None:
+def test_a_state_just_outside_the_limits_is_brought_inside_on_the_first_point_at_the_step_limit() -> None:
+    """Issue 13 item 1: drift within the tolerance; the first point is inside the limits and
+    moves at most one step (it used to start outside and step back 0.1 per point)."""
     limits = SafetyLimits.from_lists([-1] * J, [1] * J, [0.2] * J)
-    plan = _plan(np.zeros((4, J)), state=np.array([1.5, 0, 0]), limits=limits)
-    np.testing.assert_allclose(plan.positions[:, 0], [1.3, 1.1, 0.9, 0.7])
+    for target in (0.0, 1.0, 5.0):  # far inside, at the limit, beyond it
+        plan = _plan(np.full((4, J), target), state=np.array([1.04, 0, 0]), limits=limits, state_tolerance=0.05)
+        first = plan.positions[0, 0]
+        assert -1.0 <= first <= 1.0 and abs(first - 1.04) <= 0.2 + 1e-12
+        assert (plan.positions >= -1.0).all() and (plan.positions <= 1.0).all()
+        assert (np.abs(np.diff(plan.positions, axis=0)) <= 0.2 + 1e-12).all()
+    np.testing.assert_allclose(_plan(np.zeros((4, J)), state=np.array([1.04, 0, 0]), limits=limits,
+                                     state_tolerance=0.05).positions[:, 0], [0.84, 0.64, 0.44, 0.24])
+
+
+@pytest.mark.parametrize("reading", [10.0, 1e30, -1.2, 1.0 + 0.051])
+def test_a_state_beyond_the_limits_by_more_than_the_tolerance_refuses_the_chunk(reading: float) -> None:
+    """A reading of 10 rad (limit 1) used to give a chunk starting at 9.8, 1e30 one at 1e30."""
+    limits = SafetyLimits.from_lists([-1] * J, [1] * J, [0.2] * J)
+    with pytest.raises(ChunkError, match=rf"joint 'elbow' reads {re.escape(f'{reading:.6g}')}, beyond its limits \[-1, 1\] by more "
+                                         r"than 0\.05 .*chunk refused"):
+        _plan(np.zeros((4, J)), state=np.array([0.0, reading, 0.0]), limits=limits, state_tolerance=0.05,
+              joint_names=["shoulder", "elbow", "wrist"])
+
+
+def test_the_tolerance_is_capped_at_one_step_and_nothing_outside_the_limits_is_planned() -> None:
+    limits = SafetyLimits.from_lists([-1] * J, [1] * J, [0.02] * J)
+    assert state_fault(np.array([1.03, 0, 0]), limits, 0.05) is not None  # 0.03 beyond > one step
+    assert state_fault(np.array([1.02, -1.02, 0]), limits, 0.05) is None
+    # without a tolerance (offline tools) the limits still win over the step limit
+    plan = _plan(np.zeros((3, J)), state=np.array([3.0, -3.0, 0.0]), limits=limits)
+    assert (np.abs(plan.positions) <= 1.0).all()
+
+
+def test_the_publish_gate_clips_into_the_limits_and_refuses_non_finite_values() -> None:
+    limits = SafetyLimits.from_lists([-1] * J, [1] * J, [0.2] * J)
+    safe, changed = gate_positions(np.array([[0.5, 2.0, -1e30]]), limits)
+    np.testing.assert_array_equal(safe, [[0.5, 1.0, -1.0]])
+    assert changed == 2
+    assert gate_positions(np.array([0.0, 0.5, -0.5]), limits)[1] == 0
+    with pytest.raises(ChunkError, match="joint 'wrist' is nan; nothing published"):
+        gate_positions(np.array([0.0, 0.0, np.nan]), limits, ["shoulder", "elbow", "wrist"])
+    with pytest.raises(ChunkError, match="one value per joint"):
+        gate_positions(np.zeros(4), limits)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])

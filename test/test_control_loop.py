@@ -78,7 +78,7 @@ def test_a_cycle_turns_offered_messages_into_a_published_plan(loop) -> None:
     assert event is not None and loop.test_published and loop.test_published[0][0] is event.plan
     plan = event.plan
     assert plan.skipped_steps == 2 and plan.stamp_ns == stamp + 2 * plan.dt_ns  # so100: 60 ms at 30 Hz
-    assert event.observation.observation.images[0].shape == (64, 64, 3)  # camera 96 px, model 64 px
+    assert event.observation.observation.images[0].shape == (96, 96, 3)  # native: the engine resizes (d8e175b)
     assert event.obs_to_publish_ms == pytest.approx(20.0)
     assert loop.strategy.executing.plan is plan
     assert [kind for kind, _ in loop.test_recorder.events] == ["measurement", "published"]

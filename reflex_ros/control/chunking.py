@@ -4,8 +4,15 @@ A chunk computed from an observation stamped ``t_obs`` describes row i for ``t_o
 By the time it is published (and reaches the actuators) the first rows are already in the
 past, so latency compensation drops the first ``k = ceil(L/dt)`` rows and stamps the rest
 from ``t_obs + k*dt``. Then safety: delta actions become absolute, every point is clamped
-to the position limits and to the per-step change limit, and a chunk holding NaN/inf is
+to the per-step change limit and to the position limits, and a chunk holding NaN/inf is
 refused outright (never "clamped into range", which would hide a broken model).
+
+The position limits always win: **no point outside them is ever published**. A robot
+observed beyond its limits by more than a small tolerance is a fault (:func:`state_fault`;
+the control loop refuses such a joint state before it reaches the model); one observed just
+outside (drift within the tolerance) is brought inside on the first point, which moves at
+most the step limit (the tolerance is capped at one step). :func:`gate_positions` is the
+last check on every trajectory the node sends, holds included.
 """
 
 from __future__ import annotations
@@ -77,6 +84,54 @@ class PlannedChunk:
     def point_times_ns(self) -> np.ndarray:
         """Absolute time of each point (ROS time, ns)."""
         return self.stamp_ns + np.arange(len(self.positions), dtype=np.int64) * self.dt_ns
+
+
+def effective_state_tolerance(limits: SafetyLimits, tolerance: float) -> np.ndarray:
+    """Per joint: how far beyond its limits a reading may lie and still be "drift", i.e.
+    ``tolerance`` capped at one ``max_delta_per_step`` (so the first point can bring the joint
+    back inside without exceeding the step limit)."""
+    return np.minimum(float(tolerance), limits.max_delta_per_step)
+
+
+def state_fault(state: np.ndarray, limits: SafetyLimits, tolerance: float,
+                joint_names: list[str] | tuple[str, ...] | None = None) -> str | None:
+    """Why an observed state is a fault, or None: a joint beyond its position limits by more
+    than :func:`effective_state_tolerance` (a sensor glitch, a wrong calibration, a joint
+    past its soft limit), or a non-finite value. The text names the joint, the value and
+    the limits."""
+    values = np.asarray(state, dtype=np.float64).reshape(-1)
+    names = list(joint_names) if joint_names is not None else [f"joint[{j}]" for j in range(values.size)]
+    if values.size != limits.position_lower.size:
+        return f"state has {values.size} values, the safety limits are for {limits.position_lower.size} joints"
+    allowed = effective_state_tolerance(limits, tolerance)
+    lo, hi = limits.position_lower, limits.position_upper
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(values) | (values < lo - allowed) | (values > hi + allowed)
+    if not bad.any():
+        return None
+    j = int(np.flatnonzero(bad)[0])
+    more = f"; {int(bad.sum())} joints affected" if bad.sum() > 1 else ""
+    return (f"joint {names[j]!r} reads {values[j]:.6g}, beyond its limits [{lo[j]:g}, {hi[j]:g}] by more than "
+            f"{allowed[j]:g} (state_limit_tolerance_rad, at most one max_delta_per_step){more}")
+
+
+def gate_positions(positions: np.ndarray, limits: SafetyLimits,
+                   joint_names: list[str] | tuple[str, ...] | None = None) -> tuple[np.ndarray, int]:
+    """The last check before a trajectory leaves the node (chunks and holds alike): raises
+    ChunkError on a non-finite value or a width that is not one value per joint; returns the
+    positions inside the position limits and how many values had to be clipped (0 unless
+    something upstream is wrong: the caller logs it as an error)."""
+    pos = np.asarray(positions, dtype=np.float64)
+    n_joints = limits.position_lower.size
+    if pos.ndim not in (1, 2) or pos.shape[-1] != n_joints:
+        raise ChunkError(f"trajectory positions have shape {pos.shape}, expected one value per joint ({n_joints})")
+    finite = np.isfinite(pos)
+    if not finite.all():
+        index = tuple(int(i) for i in np.argwhere(~finite)[0])
+        names = list(joint_names) if joint_names is not None else [f"joint[{j}]" for j in range(n_joints)]
+        raise ChunkError(f"trajectory value for joint {names[index[-1]]!r} is {pos[index]}; nothing published")
+    safe = np.clip(pos, limits.position_lower, limits.position_upper)
+    return safe, int(np.count_nonzero(safe != pos))
 
 
 def control_period_ns(control_frequency_hz: float) -> int:
@@ -151,18 +206,22 @@ def plan_chunk(
     action_mode: str = ABSOLUTE,
     chunk_size: int | None = None,
     joint_names: list[str] | tuple[str, ...] | None = None,
+    state_tolerance: float | None = None,
 ) -> PlannedChunk:
     """Latency-compensate, convert, clamp and stamp one chunk.
 
     actions: ``(rows, action_dim)``; the first ``J = len(state)`` dims drive the joints.
     state: the observed joint positions ``(J,)`` the chunk was computed from.
     chunk_size: use only the first rows (None or 0 = all) before skipping.
+    state_tolerance: ``state_limit_tolerance_rad``; a state beyond the limits by more (see
+        :func:`state_fault`) refuses the chunk (None: no such check, for offline tools).
 
     The first point may move at most ``max(k, 1)`` steps' worth of ``max_delta_per_step``
     from the observed state (k*dt elapses between the observation and that point); every
-    later point one step's worth from its predecessor. The change limit wins over the
-    position limits: a robot observed outside its limits is brought back gradually rather
-    than commanded to jump.
+    later point one step's worth from its predecessor. The position limits win over the
+    change limit: every point is inside them. A state observed just outside (within the
+    tolerance, at most one step) is brought inside on the first point, so that point still
+    moves at most the step limit.
     """
     acts = np.asarray(actions)
     if acts.ndim != 2:
@@ -179,6 +238,8 @@ def plan_chunk(
     if not np.all(np.isfinite(obs_state)):
         bad = int(np.flatnonzero(~np.isfinite(obs_state))[0])
         raise ChunkError(f"observed state of joint {names[bad]!r} is {obs_state[bad]}")
+    if state_tolerance is not None and (fault := state_fault(obs_state, limits, state_tolerance, names)):
+        raise ChunkError(f"observed state: {fault}; chunk refused")
     if action_mode not in ACTION_MODES:
         raise ChunkError(f"action_mode must be one of {ACTION_MODES}, got {action_mode!r}")
 
@@ -207,7 +268,11 @@ def plan_chunk(
     lo, hi, dmax = limits.position_lower, limits.position_upper, limits.max_delta_per_step
     clipped = np.clip(targets, lo, hi)
     n_pos = int(np.count_nonzero(clipped != targets))
-    out, n_delta = rate_limit(clipped, obs_state, dmax, first_step_scale=max(k, 1))
+    limited, n_delta = rate_limit(clipped, obs_state, dmax, first_step_scale=max(k, 1))
+    # Only a state observed outside the limits can leave a rate-limited point outside them;
+    # clipping is 1-Lipschitz, so the steps between points stay within the step limit.
+    out = np.clip(limited, lo, hi)
+    n_pos += int(np.count_nonzero(out != limited))
     return PlannedChunk(
         positions=out,
         velocities=finite_differences(out, dt_ns * 1e-9),

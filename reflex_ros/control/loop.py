@@ -6,7 +6,8 @@ what watches it; statistics, the motion history and the live calibration are
 ``publish`` function, the engine, the observation assembler and the chunk strategy.
 
 Threads: :meth:`ControlLoop.start` runs the cycle on its own thread, waking every
-``execute_steps`` control periods on the supplied clock (sim time aware). A cycle that runs
+``execute_steps`` control periods on the supplied clock (sim time aware); a rate change wakes
+it, so the tick being waited for moves to the new period at once. A cycle that runs
 long makes the loop skip the missed ticks (``overrun``); nothing is queued. Inputs are offered
 from any other thread (the ROS executor). Subscribers are called on the thread of the event;
 a subscriber that raises is logged (throttled), never fatal.
@@ -14,6 +15,14 @@ a subscriber that raises is logged (throttled), never fatal.
 Settings: one immutable :class:`~reflex_ros.control.params.Settings` snapshot, read once per
 cycle and swapped atomically by :meth:`ControlLoop.update_settings`. Changes from a user pin
 their names; automatic changes (the calibrator) never override a pinned value.
+
+Refusals: a joint state beyond the limits by more than ``state_limit_tolerance_rad``
+(:class:`~reflex_ros.control.observation.StateFault`) and an input stamped in the future or
+out of order (:class:`~reflex_ros.control.observation.StampError`) are refused when offered,
+logged naming the joint/topic and the values; an observation older than the previous one
+used is never inferred on. Hold: :meth:`ControlLoop.set_hold` publishes a hold at the
+commanded position and stops chunks until released (checked again right before a chunk is
+published, under the same lock, so no chunk computed before the hold can slip out after it).
 """
 
 from __future__ import annotations
@@ -27,8 +36,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from reflex_ros.control.chunking import ChunkError, PlannedChunk, SafetyLimits, control_period_ns
-from reflex_ros.control.observation import AssembledObservation, ObservationAssembler
+from reflex_ros.control.chunking import ChunkError, PlannedChunk, SafetyLimits, control_period_ns, state_fault
+from reflex_ros.control.jtc import TimedTrajectory, TrajectoryExecutor
+from reflex_ros.control.observation import AssembledObservation, ObservationAssembler, StampError, StateFault
 from reflex_ros.control.params import Settings, check_all
 from reflex_ros.control.strategies import ChunkRequest, ChunkStrategy, make_strategy
 from reflex_ros.engine.types import ChunkResult, Engine, Observation, ObservationError, ReflexError
@@ -36,6 +46,7 @@ from reflex_ros.engine.types import ChunkResult, Engine, Observation, Observatio
 LOG_THROTTLE_S = 2.0
 USER, INPUT, AUTO = "user", "input", "auto"  # update sources: pins / neither / respects pins
 NO_OBSERVATION, STALE, REFUSED, ENGINE_ERROR, OVERRUN = "no_observation", "stale", "refused", "engine_error", "overrun"
+HELD, OUT_OF_ORDER = "held", "out_of_order"
 
 
 class Logger(Protocol):
@@ -52,8 +63,9 @@ class ThrottledLog:
         self.period_s = period_s
         self._last: dict[tuple[str, str], float] = {}
 
-    def __call__(self, key: str, level: str, text: str) -> None:
-        slot = (key, text[:60] if level == "error" else text.split(":", 1)[0])
+    def __call__(self, key: str, level: str, text: str, kind: str | None = None) -> None:
+        """``kind`` groups messages whose text varies (values, stamps) into one throttle slot."""
+        slot = (key, kind if kind is not None else text[:60] if level == "error" else text.split(":", 1)[0])
         now = time.monotonic()
         if now - self._last.get(slot, -math.inf) >= self.period_s:
             self._last[slot] = now
@@ -102,11 +114,12 @@ class LoopSubscriber:
         """A chunk went out (control thread)."""
 
     def on_skipped(self, reason: str, count: int = 1, detail: str = "") -> None:
-        """A cycle published nothing: no_observation, stale, refused, engine_error (``detail``
-        says why); or ``count`` ticks were skipped (overrun)."""
+        """A cycle published nothing: no_observation, stale, out_of_order, held, refused,
+        engine_error (``detail`` says why); or ``count`` ticks were skipped (overrun)."""
 
     def on_input_rejected(self, topic: str, error: Exception) -> None:
-        """A message was dropped (bad encoding, size, missing joint, NaN, corrupt payload)."""
+        """A message was dropped (bad encoding, size, missing joint, NaN, corrupt payload;
+        StampError: stamped in the future / out of order; StateFault: beyond the limits)."""
 
     def on_settings_changed(self, changed: Mapping[str, Any], source: str) -> None:
         """Settings were swapped (on the thread that changed them)."""
@@ -142,9 +155,17 @@ class ControlLoop:
         self.pinned: set[str] = set(pinned)
         self._limits: tuple[tuple, SafetyLimits] | None = None
         self._stop = threading.Event()
+        self._wake = threading.Event()  # a settings change: re-read the period while waiting
         self._thread: threading.Thread | None = None
         self.failure: str | None = None  # set when the engine failed; the loop has stopped
         self.watchdog_stale = False
+        self.held = False  # set_hold(True): no chunk is published until set_hold(False)
+        self._publish_lock = threading.Lock()  # a chunk's publish vs. a hold
+        # what the controller was last told: ("plan", (plan, published_ns, state)) or ("hold", positions)
+        self._commanded: tuple[str, Any] | None = None
+        self._last_obs_stamp: int | None = None
+        assembler.state_check = self._check_state
+        assembler.max_future_ns = int(settings.max_future_stamp_ms * 1e6)
 
     @classmethod
     def build(cls, engine: Engine, settings: Settings, *, publish: Callable[..., None], now_ns: Callable[[], int],
@@ -174,8 +195,17 @@ class ControlLoop:
 
     def _reject(self, topic: str, exc: Exception) -> None:
         text = str(exc) if isinstance(exc, ReflexError) else f"{topic}: {type(exc).__name__}: {exc}"
-        self.log(topic, "error", f"dropped message: {text}")
+        kind = type(exc).__name__ if isinstance(exc, StampError | StateFault) else None
+        self.log(topic, "error", f"dropped message: {text}", kind)
         self._notify("on_input_rejected", topic, exc)
+
+    def _check_state(self, state: np.ndarray) -> None:
+        """A joint state beyond the limits by more than the tolerance is a fault (assembler
+        hook: runs before the state is buffered, so it never reaches the model)."""
+        s = self._settings
+        fault = state_fault(state, self.limits, s.state_limit_tolerance_rad, self.assembler.joint_names)
+        if fault is not None:
+            raise StateFault(f"{self.assembler.joint_topic}: {fault}; joint state refused")
 
     def offer_camera(self, topic: str, msg: Any) -> None:
         try:
@@ -213,6 +243,8 @@ class ControlLoop:
             if not changed:
                 return SettingsUpdate(pinned=pinned)
             self._settings = new
+            self.assembler.max_future_ns = int(new.max_future_stamp_ms * 1e6)
+        self._wake.set()  # a waiting loop re-reads the period (a rate change applies at once)
         self._notify("on_settings_changed", changed, source)
         return SettingsUpdate(changed, pinned)
 
@@ -235,7 +267,43 @@ class ControlLoop:
             return None
         limits = self.limits
         positions = np.clip(np.asarray(state, dtype=np.float64), limits.position_lower, limits.position_upper)
+        self._commanded = ("hold", positions)  # what the controller is told from now on
         return positions, control_period_ns(self._settings.control_frequency_hz)
+
+    def commanded_position(self, now_ns: int | None = None) -> np.ndarray | None:
+        """Where the controller is commanded to be at ``now_ns`` (default: now): the last
+        published chunk evaluated with the one JTC model (control/jtc.py: it took over on
+        arrival, ramping from the state then to point 0), or the last hold, else the last
+        measured state; None before any joint state. Not clipped here: the node's gate does."""
+        commanded = self._commanded
+        if commanded is None:
+            state = self.assembler.last_state
+            return None if state is None else np.asarray(state, dtype=np.float64).copy()
+        kind, value = commanded
+        if kind == "hold":
+            return np.array(value, dtype=np.float64)
+        plan, published_ns, state = value
+        names = self.assembler.joint_names
+        executor = TrajectoryExecutor(names, np.asarray(state, dtype=np.float64))
+        offsets = plan.point_times_ns() - plan.stamp_ns
+        executor.submit(TimedTrajectory(names, offsets, plan.positions, plan.stamp_ns), published_ns, state)
+        return executor.sample(self._now() if now_ns is None else int(now_ns))
+
+    def set_hold(self, on: bool, publish_hold: Callable[[np.ndarray, int], Any] | None = None) -> np.ndarray | None:
+        """Hold (``on``): ``publish_hold(positions, control period ns)`` at once with the
+        commanded position (None when no position is known yet: nothing is published), and no
+        chunk is published until released; returns the positions held. Release: chunks resume
+        from the next observation (rate-limited from the observed state, as always)."""
+        with self._publish_lock:
+            self.held = bool(on)
+            if not on:
+                return None
+            positions = self.commanded_position()
+            if positions is not None and publish_hold is not None:
+                publish_hold(positions, control_period_ns(self._settings.control_frequency_hz))
+                self._commanded = ("hold", positions)
+            self.strategy.reset()  # nothing of a chunk is being executed any more
+            return positions
 
     # ------------------------------------------------------------------ running
 
@@ -246,6 +314,7 @@ class ControlLoop:
     def start(self) -> None:
         self.failure = None
         self.watchdog_stale = False
+        self._last_obs_stamp = None
         self.strategy.reset()
         self._stop.clear()
         self._notify("on_start", self)
@@ -255,6 +324,7 @@ class ControlLoop:
     def stop(self, timeout_s: float = 60.0) -> bool:
         """Stop and join (an in-flight inference finishes first). False if it would not stop."""
         self._stop.set()
+        self._wake.set()
         thread, self._thread = self._thread, None
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=timeout_s)
@@ -282,34 +352,45 @@ class ControlLoop:
     def housekeeping(self) -> None:
         self._notify("on_housekeeping", self._now())
 
-    def _wait_until(self, deadline_ns: int) -> None:
-        """Sleep on the loop's clock (sim time aware), interruptible by stop()."""
+    def _period_ns(self) -> int:
+        s = self._settings
+        return s.execute_steps * control_period_ns(s.control_frequency_hz)
+
+    def _next_tick(self, last_tick: int | None, last_period: int) -> int | None:
+        """Wait on the loop's clock (sim time aware) for the tick after ``last_tick`` (the
+        first one is now) and return it; None once stopped. The period is read again whenever
+        a settings change wakes the wait (and at least every 50 ms), so a rate change moves
+        the tick being waited for: 0.1 Hz for a moment never leaves the loop asleep for 100 s.
+        A changed period whose tick is already past starts a new schedule now (the ticks a
+        slower rate never had are not overruns)."""
         while not self._stop.is_set():
-            remaining_s = (deadline_ns - self._now()) * 1e-9
-            if remaining_s <= 0:
-                return
-            self._stop.wait(min(remaining_s, 0.05))
+            now = self._now()
+            if last_tick is None:
+                return now
+            period = self._period_ns()
+            if now < last_tick - 4 * period:  # clock jumped back (sim time reset)
+                return now
+            due = last_tick + period
+            if now >= due:
+                return due if period == last_period else now
+            self._wake.wait(min((due - now) * 1e-9, 0.05))
+            self._wake.clear()
+        return None
 
     def _run(self) -> None:
-        next_tick = self._now()
-        while not self._stop.is_set():
-            s = self._settings
-            period_ns = s.execute_steps * control_period_ns(s.control_frequency_hz)
-            self._wait_until(next_tick)
-            if self._stop.is_set():
-                break
+        last_tick: int | None = None
+        last_period = self._period_ns()
+        while (tick := self._next_tick(last_tick, last_period)) is not None:
             try:
                 self.cycle()
             except Exception as exc:  # a bug in a cycle must not kill the loop silently
                 self.log("loop", "error", f"control cycle: {type(exc).__name__}: {exc}")
-            now = self._now()
-            next_tick += period_ns
-            if now < next_tick - 4 * period_ns:  # clock jumped back (sim time reset)
-                next_tick = now + period_ns
-            elif now > next_tick:  # overran: skip the missed ticks, never queue them
-                missed = (now - next_tick) // period_ns + 1
+            now, period = self._now(), self._period_ns()
+            if now > tick + period:  # overran: skip the missed ticks, never queue them
+                missed = (now - tick) // period
                 self._notify("on_skipped", OVERRUN, int(missed))
-                next_tick += int(missed) * period_ns
+                tick += int(missed) * period
+            last_tick, last_period = tick, period
 
     def _skip(self, reason: str, detail: str = "") -> None:
         self._notify("on_skipped", reason, 1, detail)
@@ -318,11 +399,21 @@ class ControlLoop:
         """One control cycle: assemble, infer, plan, publish. Returns what was published."""
         s = self._settings
         t_start = self._now()
-        assembled, rejected = self.assembler.assemble(int(s.sync_slop_ms * 1e6), s.instruction)
+        if self.held:
+            self._skip(HELD)
+            return None
+        assembled, rejected = self.assembler.assemble(int(s.sync_slop_ms * 1e6), s.instruction, now_ns=t_start)
         for topic, exc in rejected:
             self._reject(topic, exc)
         if assembled is None:
             self._skip(NO_OBSERVATION)
+            return None
+        last = self._last_obs_stamp
+        if last is not None and assembled.stamp_ns < last <= t_start + self.assembler.max_future_ns:
+            detail = (f"newest observation {assembled.stamp_ns * 1e-9:.3f} s is older than the previous one "
+                      f"{last * 1e-9:.3f} s (node clock {t_start * 1e-9:.3f} s); not inferring on it")
+            self.log("observation", "warning", f"observation refused: {detail}", OUT_OF_ORDER)
+            self._skip(OUT_OF_ORDER, detail)
             return None
         age_ms = (t_start - assembled.stamp_ns) * 1e-6
         if age_ms > s.max_observation_age_ms:
@@ -360,10 +451,16 @@ class ControlLoop:
             self.log("chunk", "error", f"chunk not published: {exc}")
             self._skip(REFUSED, str(exc))
             return None
-        if self._stop.is_set():
-            return None
-        self._publish(plan, result, s, infer_ms)
-        t_pub = self._now()
+        with self._publish_lock:  # a hold that came while inferring wins
+            if self._stop.is_set():
+                return None
+            if self.held:
+                self._skip(HELD)
+                return None
+            self._publish(plan, result, s, infer_ms)
+            t_pub = self._now()
+            self._last_obs_stamp = assembled.stamp_ns
+            self._commanded = ("plan", (plan, t_pub, np.asarray(assembled.observation.state, dtype=np.float64)))
         self.strategy.published(plan, t_pub)
         event = PublishedChunk(plan, assembled, result, s, t_start, t_pub, infer_ms)
         self._notify("on_published", event)

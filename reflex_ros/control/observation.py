@@ -13,6 +13,13 @@ by the next cycle is not decoded twice). A payload that fails to decode is dropp
 buffer and reported, naming the topic, and the next best set is tried.
 
 Zero header stamps are replaced by the arrival time (the node's clock; a bag's log time).
+
+Stamps are checked when offered (the live loop sets ``max_future_ns``): a message stamped more
+than that ahead of its arrival, or older than the previous message on its topic, is refused
+(:class:`StampError`), so a burst of future-stamped data can never become the "newest" set
+the loop keeps choosing. ``assemble(now_ns=...)`` also evicts buffered messages that lie in
+the future of the node's clock (after that clock went back, e.g. a simulator restart). A
+``state_check`` (the loop's limit check) refuses a joint state before it is buffered.
 """
 
 from __future__ import annotations
@@ -28,6 +35,20 @@ from reflex_ros.control.stamps import stamp_to_ns
 from reflex_ros.control.sync import ApproximateTimeSync
 from reflex_ros.engine.types import Observation, ObservationError
 from reflex_ros.vocab import JOINT_STATES_TOPIC
+
+
+class StampError(ObservationError):
+    """An input stamped too far in the future, or older than the previous one on its topic."""
+
+
+class StateFault(ObservationError):
+    """A joint state that is physically implausible for this robot (beyond its limits by
+    more than the tolerance); refused before it reaches the model."""
+
+
+def _s(ns: int) -> str:
+    return f"{ns * 1e-9:.3f} s"
+
 
 JOINT_STREAM = "joint_states"  # the sync's name for the joint-state stream (topics name the cameras)
 CAMERA_CAPACITY = 16
@@ -87,6 +108,9 @@ class ObservationAssembler:
         self._on_zero_stamp = on_zero_stamp
         self._zero_warned: set[str] = set()
         self.last_state: np.ndarray | None = None
+        self.max_future_ns: int | None = None  # None: stamps are not checked (bag replay)
+        self.state_check: Callable[[np.ndarray], None] | None = None  # raises StateFault
+        self._newest: dict[str, int] = {}  # topic -> newest accepted stamp
 
     def _stamp(self, msg: Any, topic: str, arrival_ns: int) -> int:
         stamp = stamp_to_ns(msg.header.stamp)
@@ -98,19 +122,44 @@ class ObservationAssembler:
             return int(arrival_ns)
         return stamp
 
+    def _check_stamp(self, topic: str, stamp: int, arrival_ns: int) -> None:
+        """Refuse a stamp from the future (beyond ``max_future_ns``) or one older than the
+        previous message on the topic; the error names the topic and both clocks."""
+        limit = self.max_future_ns
+        if limit is None:
+            return
+        ahead = stamp - int(arrival_ns)
+        if ahead > limit:
+            raise StampError(f"{topic}: header.stamp {_s(stamp)} is {ahead * 1e-9:.3f} s ahead of the node clock "
+                             f"{_s(arrival_ns)} (max_future_stamp_ms {limit * 1e-6:g}); message refused (clock skew "
+                             "or a bad driver?)")
+        newest = self._newest.get(topic)
+        # a previous stamp that is itself in the future now means the node's clock went back
+        # (a simulator restart): start over rather than refuse everything from then on
+        if newest is not None and stamp < newest <= int(arrival_ns) + limit:
+            raise StampError(f"{topic}: header.stamp {_s(stamp)} is older than the previous message's "
+                             f"{_s(newest)} (node clock {_s(arrival_ns)}); message refused (out of order)")
+
     def offer_camera(self, topic: str, msg: Any, arrival_ns: int) -> int:
         """O(1): check and buffer a frame; returns its stamp. Raises ObservationError."""
         self.decoder.check(msg, topic)
         stamp = self._stamp(msg, topic, arrival_ns)
+        self._check_stamp(topic, stamp, arrival_ns)
         self._sync.add(topic, stamp, _Offered(msg, int(arrival_ns)))
+        self._newest[topic] = stamp
         return stamp
 
     def offer_joint_state(self, msg: Any, arrival_ns: int) -> tuple[int, np.ndarray]:
         """Read the joints by name and buffer them; returns (stamp, positions). Raises
-        ObservationError (missing joint, NaN)."""
+        ObservationError (missing or duplicated joint, NaN, a glitch value, a bad stamp,
+        StateFault from ``state_check``)."""
         state = joint_state_to_vector(msg, self.joint_names, self.joint_topic)
         stamp = self._stamp(msg, self.joint_topic, arrival_ns)
+        self._check_stamp(self.joint_topic, stamp, arrival_ns)
+        if self.state_check is not None:
+            self.state_check(state)
         self._sync.add(JOINT_STREAM, stamp, _Offered(state, int(arrival_ns)))
+        self._newest[self.joint_topic] = stamp
         self.last_state = state
         return stamp, state
 
@@ -122,10 +171,14 @@ class ObservationAssembler:
         self._decoded[topic] = (stamp, image)
         return image
 
-    def assemble(self, slop_ns: int, instruction: str
+    def assemble(self, slop_ns: int, instruction: str, now_ns: int | None = None
                  ) -> tuple[AssembledObservation | None, list[tuple[str, ObservationError]]]:
         """The newest synced observation (None if there is none) and the frames rejected on
-        the way, as (topic, error); each is already dropped from the buffer."""
+        the way, as (topic, error); each is already dropped from the buffer. With ``now_ns``
+        (and ``max_future_ns``), messages stamped beyond ``now_ns + max_future_ns`` are evicted
+        first."""
+        if now_ns is not None and self.max_future_ns is not None:
+            self._sync.evict_newer_than(int(now_ns) + self.max_future_ns)
         rejected: list[tuple[str, ObservationError]] = []
         while True:
             synced = self._sync.latest_synced(int(slop_ns))
@@ -150,4 +203,5 @@ class ObservationAssembler:
     def clear(self) -> None:
         self._sync.clear()
         self._decoded.clear()
+        self._newest.clear()
         self.last_state = None

@@ -229,10 +229,19 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("max_delta_per_step", "float[]", None, "Per-joint largest position change per control step",
               SAFETY, per_joint=True, positive=True, embodiment_field="max_delta_per_step",
               example=[0.1, 0.1, 0.1, 0.1, 0.1, 0.1]),
+    ParamSpec("state_limit_tolerance_rad", float, 0.05, "A joint reading beyond position_lower/upper by more "
+              "than this (rad, or m for a prismatic joint; at most one max_delta_per_step) is a fault: the joint "
+              "state is refused, logged naming the joint and value, and /diagnostics reports ERROR until a sane "
+              "reading arrives. A reading within it (drift) is brought inside the limits on the first point",
+              SAFETY, bounds=(0.0, 1.0)),
     # --- observations (live) ---
     ParamSpec("max_observation_age_ms", float, 500.0, "Watchdog: no inference on an observation older than "
               "this; /diagnostics warns, and inference resumes by itself when fresh data returns", OBSERVE,
               bounds=(1.0, 60000.0)),
+    ParamSpec("max_future_stamp_ms", float, 100.0, "An input stamped more than this ahead of the node's clock "
+              "(clock skew, a bad driver) is refused and logged with the topic and both clocks; so is one older "
+              "than the previous message on its topic. Inference resumes as soon as sane stamps arrive",
+              OBSERVE, bounds=(0.0, 60000.0)),
     ParamSpec("sync_slop_ms", float, 25.0, "Approximate-time sync window: the stamps of one observation (all "
               "cameras + joint state) must lie within it", OBSERVE, bounds=(0.0, 1000.0)),
     # --- auto-calibration ---

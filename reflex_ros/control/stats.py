@@ -9,6 +9,7 @@ Counters are plain ints (single increments are atomic under the GIL); windows ta
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -19,13 +20,20 @@ import numpy as np
 from reflex_ros.control.loop import (
     ENGINE_ERROR,
     NO_OBSERVATION,
+    OUT_OF_ORDER,
     OVERRUN,
     REFUSED,
     STALE,
     LoopSubscriber,
     PublishedChunk,
 )
+from reflex_ros.control.observation import StampError, StateFault
 from reflex_ros.engine.types import ReflexError
+
+# A refusal stays in /diagnostics this long after it last happened (diagnostics tick at
+# 1 Hz, so every refusal is in at least two messages; a steady fault stays in all of them).
+RECENT_S = 3.0
+STATE_FAULT, BAD_STAMP, CHUNK_REFUSED = "state_fault", "bad_stamp", "chunk_refused"
 
 
 class RollingWindow:
@@ -65,6 +73,8 @@ class LoopStats(LoopSubscriber):
     no_observation: int = 0  # cycles with no synchronized observation yet
     refused_chunks: int = 0  # chunks with non-finite values (never published)
     engine_errors: int = 0
+    state_faults: int = 0  # joint states refused: beyond the limits by more than the tolerance
+    refused_stamps: int = 0  # inputs stamped in the future / out of order, observations older than the last
     clamped_position_values: int = 0  # values the position limits changed, all chunks
     clamped_step_values: int = 0  # values the per-step change limit changed, all chunks
     inference_ms: RollingWindow = field(default_factory=RollingWindow)
@@ -83,7 +93,18 @@ class LoopStats(LoopSubscriber):
     publish_period_ms: RollingWindow = field(default_factory=RollingWindow)
     last_error: str = ""
     last_skipped_steps: int = 0
+    held: bool = False  # the node's ~/hold latch (set by the node)
     _last_publish_ns: int | None = field(default=None, repr=False)
+    # problem kind -> (time.monotonic() it last happened, what it was): what /diagnostics names
+    _recent: dict[str, tuple[float, str]] = field(default_factory=dict, repr=False)
+
+    def _note(self, kind: str, text: str) -> None:
+        self._recent[kind] = (time.monotonic(), text)
+
+    def recent(self, kind: str, within_s: float = RECENT_S) -> str | None:
+        """The last problem of ``kind`` if it happened in the last ``within_s`` seconds."""
+        seen = self._recent.get(kind)
+        return seen[1] if seen is not None and time.monotonic() - seen[0] <= within_s else None
 
     def on_start(self, loop: Any) -> None:
         self._last_publish_ns = None  # the first chunk after activate starts a new period series
@@ -91,6 +112,12 @@ class LoopStats(LoopSubscriber):
     def on_input_rejected(self, topic: str, error: Exception) -> None:
         self.dropped_messages += 1
         self.last_error = str(error) if isinstance(error, ReflexError) else f"{topic}: {type(error).__name__}: {error}"
+        if isinstance(error, StateFault):
+            self.state_faults += 1
+            self._note(STATE_FAULT, self.last_error)
+        elif isinstance(error, StampError):
+            self.refused_stamps += 1
+            self._note(BAD_STAMP, self.last_error)
 
     def on_skipped(self, reason: str, count: int = 1, detail: str = "") -> None:
         if reason == NO_OBSERVATION:
@@ -99,9 +126,13 @@ class LoopStats(LoopSubscriber):
             self.stale_observations += count
         elif reason == OVERRUN:
             self.overruns += count
+        elif reason == OUT_OF_ORDER:
+            self.refused_stamps += count
+            self._note(BAD_STAMP, detail)
         elif reason == REFUSED:
             self.refused_chunks += count
             self.last_error = detail
+            self._note(CHUNK_REFUSED, detail)
         elif reason == ENGINE_ERROR:
             self.engine_errors += count
             self.last_error = detail
@@ -159,6 +190,8 @@ def stats_values(stats: LoopStats) -> dict[str, str]:
         "stale_observations": str(stats.stale_observations),
         "no_observation_cycles": str(stats.no_observation),
         "refused_chunks": str(stats.refused_chunks), "engine_errors": str(stats.engine_errors),
+        "state_faults": str(stats.state_faults), "refused_stamps": str(stats.refused_stamps),
+        "held": "true" if stats.held else "false",
         "clamped_position_values": str(stats.clamped_position_values),
         "clamped_step_values": str(stats.clamped_step_values),
         "skipped_steps": str(stats.last_skipped_steps),
@@ -182,12 +215,24 @@ def diagnostic_status(lifecycle_state: str, stats: LoopStats, *, watchdog_stale:
     values.update(stats_values(stats))
     level, message = "OK", lifecycle_state
     if lifecycle_state == "active":
+        # the most serious current problem, named (a refusal outranks its consequences:
+        # refused joint states make the observations go stale, refused chunks publish nothing)
         message = "publishing chunks"
-        if watchdog_stale:
+        if fault := stats.recent(STATE_FAULT):
+            level, message = "ERROR", f"joint state refused: {fault}"
+        elif refused := stats.recent(CHUNK_REFUSED):
+            level, message = "ERROR", f"chunks refused: {refused}"
+        elif stats.held:
+            level, message = "WARN", "held by ~/hold: no chunks until released"
+        elif stamp := stats.recent(BAD_STAMP):
+            level, message = "WARN", f"inputs refused: {stamp}"
+        elif watchdog_stale:
             level, message = "WARN", "stale observations: inference paused"
         elif stats.chunks_published == 0:
             level, message = "WARN", "waiting for synchronized observations"
-    elif lifecycle_state == "unconfigured" and stats.last_error:
+    elif stats.held:
+        message = f"{lifecycle_state}; held by ~/hold (chunks stay off after activate until released)"
+    if lifecycle_state == "unconfigured" and stats.last_error:
         level, message = "ERROR", stats.last_error
     return level, message, values
 

@@ -112,6 +112,19 @@ class ApproximateTimeSync:
                 return True
         return False
 
+    def evict_newer_than(self, stamp_ns: int) -> int:
+        """Drop every message stamped after ``stamp_ns`` (stamps that now lie in the future,
+        e.g. after the node's clock went back); returns how many. Without this the newest set
+        would stay the one from the future, and the loop would freeze on it."""
+        dropped = 0
+        with self._lock:
+            for buf in self._streams.values():
+                i = bisect.bisect_right(buf.stamps, stamp_ns)
+                dropped += len(buf.stamps) - i
+                del buf.stamps[i:]
+                del buf.payloads[i:]
+        return dropped
+
     def clear(self) -> None:
         with self._lock:
             for buf in self._streams.values():

@@ -19,4 +19,4 @@ class ReplaceStrategy(ChunkStrategy):
             request.actions, state=request.state, obs_stamp_ns=request.obs_stamp_ns,
             control_frequency_hz=s.control_frequency_hz, latency_compensation_ms=s.latency_compensation_ms,
             limits=request.limits, action_mode=s.action_mode, chunk_size=s.chunk_size or None,
-            joint_names=request.joint_names)
+            joint_names=request.joint_names, state_tolerance=s.state_limit_tolerance_rad)
