@@ -9,6 +9,11 @@ What happens to an observation lives in :mod:`reflex_ros.control`; this maps it 
   configure is one log line, and a retry works.
 - threads: the executor thread runs subscriptions (O(1) checks and buffering), services,
   parameter callbacks and the 1 Hz timer; the loop infers on its own thread.
+- safety: every JointTrajectory the node sends (chunks and holds) passes one gate right
+  before publishing (:meth:`PolicyNode._gate`: finite, inside the position limits).
+  ``~/hold`` (std_srvs/SetBool; true = hold, false = release) publishes a hold trajectory at
+  the commanded position at once and stops chunks until released; the latch survives
+  deactivate/activate and reconfigure, and /diagnostics shows it.
 - parameters (declared from ``control/params.py``): the user's way in (validated with a
   reason rqt shows, then handed to the loop, which owns the live settings) and a view of
   what the loop uses (calibrated and learned values, ~/instruction), refreshed at 1 Hz.
@@ -20,6 +25,7 @@ Run: ``python -m reflex_ros.ros.policy_node --ros-args -p export_dir:=DIR -p emb
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import sys
 import threading
@@ -36,11 +42,13 @@ from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import JointState
 from std_msgs.msg import String
+from std_srvs.srv import SetBool
 from trajectory_msgs.msg import JointTrajectory
 
 from reflex_ros import vocab
 from reflex_ros.control import configure
 from reflex_ros.control import params as P
+from reflex_ros.control.chunking import finite_differences, gate_positions
 from reflex_ros.control.configure import ConfigureError
 from reflex_ros.control.embodiment import EmbodimentError, load_embodiment
 from reflex_ros.control.loop import INPUT, USER, ControlLoop
@@ -49,7 +57,7 @@ from reflex_ros.engine.types import ReflexError
 from reflex_ros.msg import ActionChunk
 from reflex_ros.ros import messages as M
 from reflex_ros.ros.params import NODE_OPTIONS, declare_parameters, given_value, parameter_values
-from reflex_ros.ros.process import make_executor, ros_context, spin_until
+from reflex_ros.ros.process import make_executor, parent_lifeline, ros_context, spin_until
 
 WARMUP_ITERATIONS = 3
 FAILURE_POLL_S = 0.05
@@ -70,6 +78,7 @@ class PolicyNode(LifecycleNode):
         self._view_depth = 0  # >0 while the node writes the parameter view itself
         self._traj_builder = M.TrajectoryBuilder()  # control-loop thread only
         self._finalized = threading.Event()
+        self._held = False  # the ~/hold latch (the loop's copy stops the chunks)
         embodiment, defaults = given_value(self, "embodiment"), {}
         if embodiment:
             try:
@@ -82,6 +91,8 @@ class PolicyNode(LifecycleNode):
         # diagnostics run in every state, so "unconfigured because ..." is visible too
         self._diag_pub = self.create_publisher(DiagnosticArray, vocab.DIAGNOSTICS_TOPIC, 10)
         self._diag_timer = self.create_timer(1.0, self._on_tick)
+        # the hold / e-stop interface answers in every state (a latch set before activate holds)
+        self._hold_srv = self.create_service(SetBool, "~/hold", self._on_hold)
 
     # ------------------------------------------------------------------ parameters
 
@@ -185,7 +196,8 @@ class PolicyNode(LifecycleNode):
             return ret
         self._loop.start()
         s = self._loop.settings
-        self.get_logger().info(f"active: {s.control_frequency_hz:g} Hz, a chunk every {s.execute_steps} steps")
+        self.get_logger().info(f"active: {s.control_frequency_hz:g} Hz, a chunk every {s.execute_steps} steps"
+                               + ("; HELD by ~/hold: no chunks until released" if self._held else ""))
         return TransitionCallbackReturn.SUCCESS
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -252,6 +264,7 @@ class PolicyNode(LifecycleNode):
                 values.update(calibration.resolve(engine, values))
             configure.check_ready(values, engine.info)
             self._loop = self._make_loop(engine, P.Settings(values), calibration)
+            self._loop.held = self._held
         except BaseException:
             engine.close()
             raise
@@ -322,14 +335,35 @@ class PolicyNode(LifecycleNode):
         if loop is not None and loop.failure is not None and self.lifecycle_state == "active":
             self.trigger_deactivate()
 
+    def _gate(self, positions: Any) -> Any:
+        """The one check every outgoing trajectory passes right before it is published (chunks
+        and holds): finite (else ChunkError, nothing published) and inside the position limits
+        (a value outside would be a bug upstream: clipped, and logged as an error)."""
+        loop = self._loop
+        safe, clipped = gate_positions(positions, loop.limits, loop.assembler.joint_names)
+        if clipped:
+            self.get_logger().error(f"safety gate: {clipped} trajectory value(s) outside the position limits were "
+                                    "clipped right before publishing (a bug upstream; please report it)",
+                                    throttle_duration_sec=2.0)
+        return safe
+
     def _publish_chunk(self, plan: Any, result: Any, s: P.Settings, inference_ms: float) -> None:
         """The loop's sink (control thread): CDR bytes for the trajectory, the chunk message."""
         names = self._loop.assembler.joint_names
+        safe = self._gate(plan.positions)
+        if safe is not plan.positions and not (safe == plan.positions).all():
+            plan = dataclasses.replace(plan, positions=safe, velocities=finite_differences(safe, plan.dt_s))
         self._traj_pub.publish(self._traj_builder.serialized(plan, names))
         self._chunk_pub.publish(M.action_chunk_msg(
             plan, names, latency_compensation_ms=s.latency_compensation_ms,
             inference_ms=float(result.timings_ms.get("total", inference_ms)), nfe=result.nfe,
             model_hash=self._loop.engine.info.model_hash))
+
+    def _send_hold(self, positions: Any, dt_ns: int) -> Any:
+        """Publish a hold-position trajectory (through the gate); returns what was sent."""
+        safe = self._gate(positions)
+        self._traj_pub.publish(M.hold_trajectory_msg(safe, self._loop.assembler.joint_names, dt_ns))
+        return safe
 
     def _publish_hold(self) -> bool:
         """Hold the last measured positions so a controller stops executing a stale chunk."""
@@ -338,11 +372,45 @@ class PolicyNode(LifecycleNode):
             self.get_logger().warning("no joint state received yet: no hold-position trajectory sent")
             return False
         try:
-            self._traj_pub.publish(M.hold_trajectory_msg(hold[0], self._loop.assembler.joint_names, hold[1]))
+            self._send_hold(*hold)
         except Exception as exc:
             self.get_logger().error(f"hold trajectory: {type(exc).__name__}: {exc}")
             return False
         return True
+
+    def _on_hold(self, request: Any, response: Any) -> Any:
+        """``~/hold`` (std_srvs/SetBool): true = hold now at the commanded position and publish
+        no chunk until released; false = release. Idempotent; answers in every state."""
+        on, loop, state = bool(request.data), self._loop, self.lifecycle_state
+        was, self._held = self._held, on
+        self.stats.held = on
+        response.success = True
+        if not on:
+            if loop is not None:
+                loop.set_hold(False)
+            response.message = "released: chunks resume with the next observation" if was else "was not held"
+            if was:
+                self.get_logger().info("~/hold released: chunks resume with the next observation")
+            return response
+        if loop is None or state != "active":
+            if loop is not None:
+                loop.held = True
+            response.message = f"held (node {state}): no chunks will be published until released"
+            self.get_logger().warning(f"~/hold: held while {state}; no chunks until released")
+            return response
+        try:
+            held_at = loop.set_hold(True, publish_hold=self._send_hold)
+        except Exception as exc:  # the latch is set either way: no chunk goes out
+            response.message = f"held, but the hold trajectory failed: {type(exc).__name__}: {exc}"
+            self.get_logger().error(f"~/hold: {response.message}")
+            return response
+        if held_at is None:
+            response.message = "held; no joint state yet, so no hold trajectory was sent; no chunks until released"
+        else:
+            where = "[" + ", ".join(f"{v:.4f}" for v in self._gate(held_at)) + "]"
+            response.message = f"held at {where} (the commanded position); no chunks until released"
+        self.get_logger().warning(f"~/hold: {response.message}")
+        return response
 
     def _on_tick(self) -> None:
         """1 Hz, executor thread: refresh the parameter view, the loop's housekeeping
@@ -355,6 +423,7 @@ class PolicyNode(LifecycleNode):
             settings = loop.settings if loop is not None else P.Settings(self.parameter_values())
             info = loop.engine.info if loop is not None else None
             calibration = self._calibration.state if self._calibration is not None else "off"
+            self.stats.held = self._held
             level, message, values = diagnostic_status(
                 label, self.stats, watchdog_stale=loop is not None and loop.watchdog_stale, engine_info=info,
                 settings=settings, calibration_state=calibration)
@@ -373,12 +442,16 @@ def main(argv: list[str] | None = None) -> int:
     # up to 5 ms for the executor thread to yield. Latency matters more here than throughput.
     sys.setswitchinterval(float(os.environ.get("REFLEX_GIL_SWITCH_S", "0.0005")))
     with ros_context(sys.argv if argv is None else argv) as stop:
+        lifeline = parent_lifeline(stop)  # started by `reflex-ros run`: shut down when it is gone
         node = PolicyNode()
         executor = make_executor()
         executor.add_node(node)
         node.get_logger().info(f"ready (unconfigured); explicit parameters: {sorted(node.explicit_parameters)}")
         try:
             spin_until(executor, lambda: stop.is_set() or node.finalized.is_set())
+            if lifeline is not None and lifeline.is_set():
+                node.get_logger().warning("the process that started this node is gone (reflex-ros run killed or "
+                                          "hung up): holding position and shutting down")
             if not node.finalized.is_set():
                 node.finish()
         finally:

@@ -1,13 +1,17 @@
 """Processes and signals, written once for the runner, the demo, the sim and the node.
 
-* :func:`stop_on_signals`: SIGINT/SIGTERM set an Event instead of raising, for the block.
+* :func:`stop_on_signals`: SIGINT/SIGTERM/SIGHUP set an Event instead of raising, for the
+  block (a closed terminal stops things in order, like Ctrl-C).
 * :func:`ros_context`: rclpy initialised *without* its own signal handlers (they would
   invalidate the context while our threads still publish) and shut down on exit; the
   signals set the yielded Event, so the process stops its threads first, then rclpy.
 * :func:`spin_until`: spin an executor until a condition holds or rclpy shuts down.
 * :class:`ChildProcess`: a child in its own session (a terminal's Ctrl-C reaches only the
   parent, which then stops things in order), its output streamed to a file or to a line
-  callback, stopped with a signal, then killed if it will not go.
+  callback, stopped with a signal, then killed if it will not go. With ``lifeline`` the
+  child inherits the read end of a pipe whose write end only the parent holds: when the
+  parent dies however it dies (SIGKILL included), the child reads EOF
+  (:func:`parent_lifeline`) and shuts itself down, so it never outlives its parent.
 
 Top-level imports are stdlib only (``reflex-ros --help`` imports the runner).
 """
@@ -15,6 +19,7 @@ Top-level imports are stdlib only (``reflex-ros --help`` imports the runner).
 from __future__ import annotations
 
 import collections
+import os
 import signal
 import subprocess
 import threading
@@ -24,7 +29,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+LIFELINE_ENV = "REFLEX_LIFELINE_FD"  # the inherited pipe's read end, in a ChildProcess(lifeline=True)
 
 
 @contextmanager
@@ -56,6 +62,32 @@ def ros_context(args: Sequence[str] | None = None) -> Iterator[threading.Event]:
             yield stop
     finally:
         rclpy.try_shutdown()
+
+
+def parent_lifeline(stop: threading.Event) -> threading.Event | None:
+    """In a child started by :class:`ChildProcess` with ``lifeline``: watch the inherited pipe
+    on a daemon thread; EOF (the parent is gone: killed, crashed, hung up) sets ``stop`` and the
+    returned Event. None when this process was not started that way. The variable is removed
+    from the environment so the child's own children do not inherit it."""
+    text = os.environ.pop(LIFELINE_ENV, "")
+    try:
+        fd = int(text)
+        os.fstat(fd)
+    except (ValueError, OSError):
+        return None
+    gone = threading.Event()
+
+    def watch() -> None:
+        try:
+            while os.read(fd, 64):  # the parent never writes: only EOF (or an error) ends this
+                pass
+        except OSError:
+            pass
+        gone.set()
+        stop.set()
+
+    threading.Thread(target=watch, name="reflex-parent-lifeline", daemon=True).start()
+    return gone
 
 
 def make_executor() -> Any:
@@ -94,8 +126,10 @@ class ChildProcess:
 
     def __init__(self, command: Sequence[str], *, env: Mapping[str, str] | None = None,
                  log_path: str | Path | None = None, on_line: Callable[[str], None] | None = None,
-                 keep_lines: int = 5000) -> None:
+                 keep_lines: int = 5000, lifeline: bool = False) -> None:
         self.command = list(command)
+        self.lifeline = lifeline
+        self._lifeline_fd: int | None = None  # the write end, held (never written) while the child runs
         self.env = dict(env) if env is not None else None
         self.log_path = Path(log_path) if log_path is not None else None
         self._on_line = on_line
@@ -113,8 +147,17 @@ class ChildProcess:
             out: Any = self._log_file
         else:
             out = subprocess.PIPE
-        self._proc = subprocess.Popen(self.command, env=self.env, stdout=out, stderr=subprocess.STDOUT, text=True,
-                                      bufsize=1, start_new_session=True)
+        env, pass_fds = self.env, ()
+        if self.lifeline:
+            read_fd, self._lifeline_fd = os.pipe()  # both close-on-exec; pass_fds hands the read end over
+            env = {**(env if env is not None else os.environ), LIFELINE_ENV: str(read_fd)}
+            pass_fds = (read_fd,)
+        try:
+            self._proc = subprocess.Popen(self.command, env=env, stdout=out, stderr=subprocess.STDOUT, text=True,
+                                          bufsize=1, start_new_session=True, pass_fds=pass_fds)
+        finally:
+            for fd in pass_fds:
+                os.close(fd)
         if self.log_path is None:
             self._reader = threading.Thread(target=self._read_output, name="child-log", daemon=True)
             self._reader.start()
@@ -197,6 +240,9 @@ class ChildProcess:
             if self.wait(timeout_s) is None:
                 self._proc.kill()
                 self._proc.wait(timeout=15)
+        if self._lifeline_fd is not None and not self.alive:
+            os.close(self._lifeline_fd)
+            self._lifeline_fd = None
         if self._reader is not None:
             self._reader.join(timeout=5)
         if self._log_file is not None:

@@ -137,7 +137,8 @@ class PolicyNodeProcess:
         self.fqn = f"/{ns}/{node_name}" if ns else f"/{node_name}"
         self.autostart = autostart
         self._log = log if log is not None else (lambda line: print(line, file=sys.stderr, flush=True))
-        self.child = ChildProcess(self.command, env=self.env, on_line=self._log)
+        # lifeline: the node shuts down (holding position) if this process dies without stopping it
+        self.child = ChildProcess(self.command, env=self.env, on_line=self._log, lifeline=True)
         self.lines = self.child.lines
         self._started = False
         self._ctx = None
@@ -391,7 +392,8 @@ def _run(args: argparse.Namespace) -> int:
             except KeyboardInterrupt:
                 node.stop()
                 return 0
-            print(f"[reflex-ros run] {node.fqn} active; Ctrl-C to stop", file=sys.stderr, flush=True)
+            print(f"[reflex-ros run] {node.fqn} active; Ctrl-C to stop (node pid {node.pid})", file=sys.stderr,
+                  flush=True)
             while not stop.is_set() and node.alive:
                 stop.wait(0.2)
             if not node.alive:
