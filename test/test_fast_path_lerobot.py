@@ -343,3 +343,57 @@ def test_cuda_fp8_engine_on_published_smolvla() -> None:
     cos = check_chunk_cosine(engine, reference, fixtures, nfe=10)
     print(f"smolvla published fp8 graph: cos {cos:.6f}")
     engine.close()
+
+
+# -- floor counts and the bench CLI (CPU) ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["pi0", "pi05", "smolvla"])
+def test_floor_counts_every_weight_once(family: str) -> None:
+    """model_work classifies each parameter of the published model exactly once (embeddings
+    aside), and pi0's counts agree with the reference pi0 preset's config arithmetic."""
+    from reflex_ros.engine.floor import model_work, prefix_flops, weight_bytes_per_chunk
+    from reflex_ros.policies.lerobot.families import model_class
+    from reflex_ros.policies.reference.config import get_preset
+
+    with torch.device("meta"):
+        model = model_class(family)(published_spec(family, tokens=48))
+    work = model_work(model)
+    emb = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding)
+              and m is not getattr(getattr(model, "backbone", model).vision.embeddings, "position_embedding", None))
+    assert work.once_params + work.step_params == sum(p.numel() for p in model.parameters()) - emb
+    assert 0 < work.mlp_params[1] < work.step_params and 0 < work.mlp_params[0] < work.once_params
+    assert work.weight_bytes(10, fp8_mlp=True) < work.weight_bytes(10)
+    if family == "pi0":
+        ref = get_preset("pi0")
+        assert abs(work.weight_bytes(10) / weight_bytes_per_chunk(ref, 10) - 1) < 0.01
+        assert abs(work.prefix_flops / prefix_flops(ref) - 1) < 0.01
+
+
+def test_bench_cli_family_tiny(capsys) -> None:  # noqa: ANN001
+    from reflex_ros.cli import main as cli_main
+
+    rc = cli_main(["bench", "--family", "smolvla", "--size", "tiny", "--iters", "2", "--warmup", "1", "--nfe", "2",
+                   "--device", "cpu", "--tokens", "8"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "denoise" in out and "iterations: 2" in out
+    if not CUDA:
+        assert cli_main(["bench", "--family", "pi0", "--compare"]) == 2
+        assert "needs a CUDA GPU" in capsys.readouterr().err
+        assert cli_main(["bench", "--family", "pi0", "--size", "tiny", "--device", "cpu", "--dtype", "fp8",
+                         "--cuda-graph", "--iters", "1"]) == 2
+
+
+@pytest.mark.skipif(not CUDA, reason="CUDA GPU not available")
+def test_cuda_family_compare_runs_at_tiny_size() -> None:
+    """The issue-10 table's code end to end on the GPU, at tiny size (seconds)."""
+    from reflex_ros.engine.bench import family_source, format_family_compare, run_family_compare
+
+    rows, floor, floor8, notes = run_family_compare(family_source("pi05", "tiny", tokens=12, device="cuda"),
+                                                    iters=3, warmup=1, nfe=10, log=lambda *_: None)
+    names = [r.name for r in rows]
+    assert names[:3] == ["eager fp32", "eager bf16", "cuda graph bf16"] and any("cfg" in n for n in names)
+    assert sum("nfe=" in n for n in names) == 5 and "cuda graph fp16" in names
+    assert all(r.cos_vs_fp32 is None or r.cos_vs_fp32 > 0.99 for r in rows)
+    print(format_family_compare(rows, floor, floor8))
+    print("\n".join(notes))

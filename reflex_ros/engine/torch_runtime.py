@@ -170,7 +170,13 @@ class TorchEngine:
         self.model: Any = model.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
         self.fused: Any = None
         if fused is not False and fast_path is not None:
-            self.fused = fast_path(self.model, fp8=True) if fp8 else fast_path(self.model)
+            if fp8:
+                try:
+                    self.fused = fast_path(self.model, fp8=True)
+                except TypeError:  # a family whose fast path has no fp8 GEMMs
+                    raise ProviderUnavailableError("this family's fused path has no fp8 GEMMs; use bf16") from None
+            else:
+                self.fused = fast_path(self.model)
             if self.fused is None and (fused or fp8):
                 raise ValueError("fused=True but this model has no fast path (see the family's fast_path)")
         elif fused:
