@@ -137,3 +137,21 @@ def smolvla_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for k, v in saved.items():
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
     return out
+
+
+@pytest.fixture(scope="session")
+def nan_export(tiny_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny export with every ONNX weight matrix NaN: a real model whose actions are all NaN
+    (what a corrupted or badly quantized model produces)."""
+    import shutil
+
+    from reflex_ros.engine.bundle import load_bundle
+    from reflex_ros.engine.export import perturb_onnx_weights
+
+    out = tmp_path_factory.mktemp("nan") / "export"
+    shutil.copytree(tiny_export, out)
+    bundle = load_bundle(out, check_graphs=False)
+    for layout in bundle.layouts:
+        for path in bundle.graph_paths(layout).values():
+            perturb_onnx_weights(path, float("nan"))
+    return out

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from reflex_ros.control.inputs import DEFAULT_CAMERA_TYPE, camera_decoder, joint_state_to_vector
+from reflex_ros.control.inputs.joint_state import StateFault
 from reflex_ros.control.stamps import stamp_to_ns
 from reflex_ros.control.sync import ApproximateTimeSync
 from reflex_ros.engine.types import Observation, ObservationError
@@ -39,11 +40,6 @@ from reflex_ros.vocab import JOINT_STATES_TOPIC
 
 class StampError(ObservationError):
     """An input stamped too far in the future, or older than the previous one on its topic."""
-
-
-class StateFault(ObservationError):
-    """A joint state that is physically implausible for this robot (beyond its limits by
-    more than the tolerance); refused before it reaches the model."""
 
 
 def _s(ns: int) -> str:
@@ -205,3 +201,6 @@ class ObservationAssembler:
         self._decoded.clear()
         self._newest.clear()
         self.last_state = None
+
+
+__all__ = ["JOINT_STREAM", "AssembledObservation", "ObservationAssembler", "StampError", "StateFault"]

@@ -14,6 +14,13 @@ import numpy as np
 from reflex_ros.engine.types import ObservationError
 
 MSG_TYPE = "sensor_msgs/msg/JointState"
+
+
+class StateFault(ObservationError):
+    """A joint reading that is physically implausible: non-finite, beyond any joint's range
+    (``MAX_ABS_POSITION``), or (the control loop's check) beyond this robot's limits by more
+    than the tolerance. Refused before it reaches the model; /diagnostics reports ERROR."""
+
 # No joint reads more than this (rad or m): a larger finite value is a glitch, never a
 # position. It also keeps every accepted value representable in float32 (1e300 is finite in
 # float64 and inf in float32, which would reach the model as inf).
@@ -67,9 +74,9 @@ def _joint_state_slow(names: tuple[str, ...], positions: np.ndarray,
             raise ObservationError(f"{topic}: joint {joint!r} missing from JointState; it has {list(names)}")
         value = positions[i]
         if not np.isfinite(value):
-            raise ObservationError(f"{topic}: joint {joint!r} position is {value}")
+            raise StateFault(f"{topic}: joint {joint!r} position is {value}")
         if abs(value) > MAX_ABS_POSITION:
-            raise ObservationError(f"{topic}: joint {joint!r} position is {value:g}, beyond any joint's range "
+            raise StateFault(f"{topic}: joint {joint!r} position is {value:g}, beyond any joint's range "
                                    f"(|position| <= {MAX_ABS_POSITION:g}); a sensor glitch, message refused")
         out[j] = value
     return out
