@@ -13,11 +13,24 @@ The node starts unconfigured; this file emits `configure`, and once the node rea
 `inactive` it emits `activate`. If configure fails, the node logs why and stays
 unconfigured (fix the parameter and `ros2 lifecycle set /reflex_policy configure`).
 `reflex-ros run EXPORT_DIR` does the same on machines without the ros2 CLI.
+
+Fast DDS: unless FASTDDS_DEFAULT_PROFILES_FILE or FASTRTPS_DEFAULT_PROFILES_FILE is set, the
+node runs with config/fastdds.xml (camera frames over shared memory in one piece; the camera
+driver needs the same variable, see that file). ``fastdds_profile:=`` picks another file;
+``fastdds_profile:=none`` leaves Fast DDS's defaults.
 """
+
+import os
 
 # ruff sees the repository's launch/ folder and would file `launch` as first-party.
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, EmitEvent, OpaqueFunction, RegisterEventHandler
+from launch.actions import (
+    DeclareLaunchArgument,
+    EmitEvent,
+    OpaqueFunction,
+    RegisterEventHandler,
+    SetEnvironmentVariable,
+)
 from launch.events import matches_action
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import LifecycleNode
@@ -39,6 +52,17 @@ def camera_parameters(cameras: str) -> dict:
     if any(not (name and eq and topic) for name, eq, topic in pairs):
         raise ValueError(f"cameras:={cameras!r}: expected NAME=TOPIC pairs separated by commas")
     return {"camera_names": [name for name, _, _ in pairs], "camera_topics": [topic for _, _, topic in pairs]}
+
+
+PROFILE_VARS = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")
+
+
+def fastdds_profile(choice: str, default_path: str, environ=os.environ) -> str | None:
+    """The profile file to set FASTDDS_DEFAULT_PROFILES_FILE to, or None to leave it: a profile
+    already in the environment wins, ``none`` sets nothing, empty means ``default_path``."""
+    if any(environ.get(var) for var in PROFILE_VARS) or choice.strip().lower() == "none":
+        return None
+    return choice.strip() or default_path
 
 
 def launch_setup(context, *args, **kwargs):
@@ -71,7 +95,10 @@ def launch_setup(context, *args, **kwargs):
             transition_id=Transition.TRANSITION_ACTIVATE,
         ))],
     ))
-    return [policy_node, activate_when_inactive, configure]
+    default_profile = PathJoinSubstitution([FindPackageShare("reflex_ros"), "config", "fastdds.xml"]).perform(context)
+    profile = fastdds_profile(LaunchConfiguration("fastdds_profile").perform(context), default_profile)
+    environment = [SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", profile)] if profile else []
+    return [*environment, policy_node, activate_when_inactive, configure]
 
 
 def generate_launch_description() -> LaunchDescription:
@@ -93,5 +120,10 @@ def generate_launch_description() -> LaunchDescription:
             description="NAME=TOPIC pairs, comma-separated: the model camera each topic feeds (LeRobot image "
                         "feature keys, e.g. observation.images.top=/cam/top/image_raw); empty = the params file's "
                         "camera_topics / camera_names"),
+        DeclareLaunchArgument(
+            "fastdds_profile", default_value="",
+            description="Fast DDS XML profile for the node (empty = reflex_ros config/fastdds.xml unless "
+                        "FASTDDS_DEFAULT_PROFILES_FILE / FASTRTPS_DEFAULT_PROFILES_FILE is set; none = Fast DDS "
+                        "defaults). The camera driver needs the same profile"),
     ]
     return LaunchDescription([*arguments, OpaqueFunction(function=launch_setup)])

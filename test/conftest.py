@@ -41,6 +41,11 @@ os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 os.environ.setdefault("AMENT_PREFIX_PATH", sys.prefix)
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("PYTHONUNBUFFERED", "1")
+# The Fast DDS profile the runner, the demo and the launch file apply (config/fastdds.xml), for
+# the test process's own participants too: camera-sized frames cross over shared memory.
+from reflex_ros.ros.dds import dds_environment  # noqa: E402 - stdlib only, after the environment
+
+os.environ.update(dds_environment(os.environ))
 
 
 def _export(tmp_path_factory: pytest.TempPathFactory, name: str, **kwargs) -> Path:

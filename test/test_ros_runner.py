@@ -117,7 +117,7 @@ def _calls(tree: ast.AST, name: str) -> list[ast.Call]:
 def test_launch_file_declares_the_arguments_and_autostarts() -> None:
     tree = _launch_tree()
     args = {c.args[0].value for c in _calls(tree, "DeclareLaunchArgument")}
-    assert args == {"export_dir", "embodiment", "auto_calibrate", "params_file", "cameras"}
+    assert args == {"export_dir", "embodiment", "auto_calibrate", "params_file", "cameras", "fastdds_profile"}
     (node,) = _calls(tree, "LifecycleNode")
     kw = {k.arg: k.value for k in node.keywords}
     assert kw["package"].value == "reflex_ros" and kw["name"].id == "NODE_NAME"
@@ -137,6 +137,18 @@ def test_launch_file_declares_the_arguments_and_autostarts() -> None:
         "camera_names": ["observation.images.top", "observation.images.wrist"], "camera_topics": ["/a", "/b"]}
     with pytest.raises(ValueError, match="NAME=TOPIC"):
         parse("observation.images.top")
+    # the Fast DDS profile: ours by default, a profile already in the environment wins, none = none
+    namespace = {"os": __import__("os")}
+    exec(compile(ast.Module(body=[n for n in tree.body if isinstance(n, ast.Assign | ast.FunctionDef)
+                                  and getattr(n, "name", "") in ("", "fastdds_profile")], type_ignores=[]),
+                 str(LAUNCH), "exec"), namespace)
+    profile = namespace["fastdds_profile"]
+    assert profile("", "/share/fastdds.xml", environ={}) == "/share/fastdds.xml"
+    assert profile("/mine.xml", "/share/fastdds.xml", environ={}) == "/mine.xml"
+    assert profile("none", "/share/fastdds.xml", environ={}) is None
+    assert profile("", "/share/fastdds.xml", environ={"FASTRTPS_DEFAULT_PROFILES_FILE": "/user.xml"}) is None
+    (setenv,) = _calls(tree, "SetEnvironmentVariable")
+    assert setenv.args[0].value == "FASTDDS_DEFAULT_PROFILES_FILE"
     transitions = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr.startswith("TRANSITION_")}
     assert transitions == {"TRANSITION_CONFIGURE", "TRANSITION_ACTIVATE"}
     handler = _calls(tree, "OnStateTransition")[0]

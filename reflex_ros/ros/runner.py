@@ -12,7 +12,8 @@ the runner, which then shuts the node down in order instead of both dying at onc
 
 Environment: the child gets this process's environment plus the explicit settings of
 :func:`ros_environment` (ROS_DOMAIN_ID, discovery range, AMENT_PREFIX_PATH, unbuffered
-output); the runner's own service client joins the same domain.
+output, and the Fast DDS profile config/fastdds.xml unless one is set); the runner's own
+service client joins the same domain.
 
 Top-level imports are stdlib only (``reflex-ros --help`` stays instant).
 """
@@ -49,11 +50,16 @@ def ros_environment(base: Mapping[str, str] | None = None, *, domain_id: int | N
     """The child's environment: ``base`` (default: os.environ) with the ROS settings made
     explicit. PROPAGATED_ENV keys pass through unchanged; ``domain_id`` replaces
     ROS_DOMAIN_ID; AMENT_PREFIX_PATH defaults to this interpreter's prefix (ament_index
-    lookups of the config files); output is unbuffered so the log streams live."""
+    lookups of the config files); output is unbuffered so the log streams live; Fast DDS
+    loads config/fastdds.xml (camera frames over shared memory, see :mod:`reflex_ros.ros.dds`)
+    unless a profile is already set."""
+    from reflex_ros.ros.dds import dds_environment
+
     env = dict(os.environ if base is None else base)
     if domain_id is not None:
         env["ROS_DOMAIN_ID"] = str(int(domain_id))
     env.setdefault("AMENT_PREFIX_PATH", sys.prefix)
+    env = dds_environment(env)
     env["PYTHONUNBUFFERED"] = "1"
     env.setdefault("RCUTILS_COLORIZED_OUTPUT", "0")
     if overrides:

@@ -127,6 +127,13 @@ def sim_parameter_args(args: argparse.Namespace) -> list[str]:
 
 
 def handle(args: argparse.Namespace) -> int:
+    import os
+
+    from reflex_ros.ros.dds import dds_environment
+
+    # Fast DDS reads its profile when the participant is created: set it before rclpy starts
+    # (config/fastdds.xml, camera frames over shared memory; a profile already set wins).
+    os.environ.update(dds_environment(os.environ))
     from reflex_ros.sim.sim_node import run_sim
 
     # Shortcuts first, so that explicit --ros-args -p values (later) override them.
