@@ -180,15 +180,16 @@ def time_calls(fn: Any, iters: int, warmup: int) -> list[float]:
 # ---------------------------------------------------------------------------------------
 
 
-def ours(family: str, iters: int, warmup: int, log: Any) -> list[tuple[str, list[float]]]:
-    """Our CUDA-graph rows (bf16, and fp8 where the GPU runs it), host arrays in -> actions out."""
+def ours(family: str, iters: int, warmup: int, log: Any, fp8: bool = False) -> list[tuple[str, list[float]]]:
+    """Our CUDA-graph rows (bf16; with ``fp8`` also fp8 where the GPU runs it), host arrays in ->
+    actions out."""
     from reflex_ros.engine.bench import run_bench
     from reflex_ros.engine.fp8 import fp8_capable
     from reflex_ros.policies.lerobot.published import build_published, published_engine
 
     rows = []
     model = build_published(family, "published", device="cuda", dtype="bf16", seed=0, tokens=TOKENS)
-    variants = ["bf16"] + (["fp8"] if fp8_capable("cuda")[0] else [])
+    variants = ["bf16"] + (["fp8"] if fp8 and fp8_capable("cuda")[0] else [])
     for dtype in variants:
         eng = published_engine(family, device="cuda", dtype=dtype, cuda_graph=True, model=model, tokens=TOKENS)
         log(f"  reflex_ros graph {dtype}: {eng.info.extra.get('graph_path')}")
@@ -207,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--compile", action="store_true", help="also time LeRobot with compile_model=True (minutes)")
     ap.add_argument("--compile-mode", default="default")
+    ap.add_argument("--fp8", action="store_true", help="also our fp8 graph (the bench --compare table has it too)")
     args = ap.parse_args(argv)
     ok, why = lerobot_available()
     if not ok:
@@ -228,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n== {family}")
         table: list[tuple[str, list[float]]] = []
         try:
-            table += ours(family, args.iters, args.warmup, print)
+            table += ours(family, args.iters, args.warmup, print, fp8=args.fp8)
         except Exception as exc:  # noqa: BLE001 - report and go on with LeRobot's rows
             print(f"  reflex_ros failed: {type(exc).__name__}: {exc}")
             status = 1

@@ -442,8 +442,20 @@ def run_family_compare(src: ModelSource, *, iters: int, warmup: int, nfe: int = 
 
     work = model_work(model)
     _free(e32)
-    del model
+    model = None
     _free()
+
+    def attempt(what: str, fn: Any) -> Any:
+        """One row (or group of rows); a failure becomes a note and the table goes on."""
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - report any failure in the table, keep measuring
+            import traceback
+
+            notes.append(f"{what} FAILED: {type(exc).__name__}: {exc}")
+            log(traceback.format_exc())
+            _free()
+            return None
 
     model = src.build("bf16")
     e16 = engine(model, "bf16", False)
@@ -451,57 +463,72 @@ def run_family_compare(src: ModelSource, *, iters: int, warmup: int, nfe: int = 
     rows.append(_measure_row("eager bf16", e16, iters=iters, warmup=warmup, nfe=nfe, cfg_beta=None,
                              reference=refs[nfe], fixtures=fixtures))
     _free(e16)
-    graph = engine(model, "bf16", True)
-    path = graph.info.extra.get("graph_path")
-    notes.append(f"graph path: {path}")
-    log(f"[compare] CUDA graph bf16 ({path})")
-    rows.append(_measure_row("cuda graph bf16", graph, iters=iters, warmup=warmup, nfe=nfe, cfg_beta=None,
-                             reference=refs[nfe], fixtures=fixtures))
-    if cfg_beta is not None:
-        log(f"[compare] CUDA graph bf16 CFG beta={cfg_beta}")
-        rows.append(_measure_row(f"cuda graph bf16 cfg b={cfg_beta}", graph, iters=iters, warmup=warmup, nfe=nfe,
-                                 cfg_beta=cfg_beta, reference=cfg_ref, fixtures=fixtures))
-    if nfe_sweep:
-        for n in SWEEP_NFE:
-            log(f"[compare] CUDA graph bf16 nfe={n}")
-            rows.append(_measure_row(f"cuda graph bf16 nfe={n}", graph, iters=iters, warmup=warmup, nfe=n,
-                                     cfg_beta=None, reference=refs[n], fixtures=fixtures))
-    _free(graph)
-    if fp8:
+
+    def graph_rows() -> None:
+        graph = engine(model, "bf16", True)
+        path = graph.info.extra.get("graph_path")
+        notes.append(f"graph path: {path}")
+        log(f"[compare] CUDA graph bf16 ({path})")
+        rows.append(_measure_row("cuda graph bf16", graph, iters=iters, warmup=warmup, nfe=nfe, cfg_beta=None,
+                                 reference=refs[nfe], fixtures=fixtures))
+        if cfg_beta is not None:
+            log(f"[compare] CUDA graph bf16 CFG beta={cfg_beta}")
+            attempt("CFG row", lambda: rows.append(_measure_row(
+                f"cuda graph bf16 cfg b={cfg_beta}", graph, iters=iters, warmup=warmup, nfe=nfe, cfg_beta=cfg_beta,
+                reference=cfg_ref, fixtures=fixtures)))
+        if nfe_sweep:
+            for n in SWEEP_NFE:
+                log(f"[compare] CUDA graph bf16 nfe={n}")
+                attempt(f"nfe={n} row", lambda n=n: rows.append(_measure_row(
+                    f"cuda graph bf16 nfe={n}", graph, iters=iters, warmup=warmup, nfe=n, cfg_beta=None,
+                    reference=refs[n], fixtures=fixtures)))
+        _free(graph)
+
+    attempt("CUDA graph bf16 rows", graph_rows)
+
+    def fp8_row() -> None:
         ok, why = fp8_capable(device)
         if not ok:
             notes.append(f"no fp8 row: {why}")
+            return
+        try:
+            g8 = engine(model, "fp8", True)
+        except (ReflexError, ValueError) as exc:
+            notes.append(f"no fp8 row: {exc}")
+            return
+        log("[compare] CUDA graph fp8 (e4m3 MLP GEMMs)")
+        row = _measure_row("cuda graph fp8", g8, iters=iters, warmup=warmup, nfe=nfe, cfg_beta=None,
+                           reference=refs[nfe], fixtures=fixtures)
+        if row.cos_vs_fp32 is not None and row.cos_vs_fp32 < FP8_MIN_COSINE:
+            row.name += " REJECTED"
+            notes.append(f"fp8 rejected: cos {row.cos_vs_fp32:.6f} < {FP8_MIN_COSINE} vs eager fp32")
         else:
-            try:
-                g8 = engine(model, "fp8", True)
-            except (ReflexError, ValueError) as exc:
-                notes.append(f"no fp8 row: {exc}")
-                g8 = None
-            if g8 is not None:
-                log("[compare] CUDA graph fp8 (e4m3 MLP GEMMs)")
-                row = _measure_row("cuda graph fp8", g8, iters=iters, warmup=warmup, nfe=nfe, cfg_beta=None,
-                                   reference=refs[nfe], fixtures=fixtures)
-                if row.cos_vs_fp32 is not None and row.cos_vs_fp32 < FP8_MIN_COSINE:
-                    row.name += " REJECTED"
-                    notes.append(f"fp8 rejected: cos {row.cos_vs_fp32:.6f} < {FP8_MIN_COSINE} vs eager fp32")
-                else:
-                    notes.append(f"fp8 accepted: cos {row.cos_vs_fp32:.6f} >= {FP8_MIN_COSINE} vs eager fp32")
-                rows.append(row)
-                _free(g8)
+            notes.append(f"fp8 accepted: cos {row.cos_vs_fp32:.6f} >= {FP8_MIN_COSINE} vs eager fp32")
+        modes = sorted({p.fp8.mode for ly in g8.fused.vlm_layers + g8.fused.expert_layers
+                        for p in (ly.gate_up, ly.down) if p is not None and p.fp8 is not None} - {None})
+        notes.append(f"fp8 GEMM scaling: {', '.join(modes) or '?'}")
+        rows.append(row)
+        _free(g8)
+
+    if fp8:
+        attempt("fp8 row", fp8_row)
     hbm, tflops = measure_hbm_gbps(device), measure_matmul_tflops(device)
     floor = measure_floor_model(model, nfe, device, rates=(hbm, tflops))
     floor8 = measure_floor_model(model, nfe, device, fp8=True, rates=(hbm, tflops))
     notes.append("weights counted: " + ", ".join(f"{k} {v / 1e6:.0f} M" for k, v in work.groups.items() if v))
-    del model
+    model = None
     _free()
-    if fp16:
-        model = src.build("fp16")
-        gh = engine(model, "fp16", True)
+
+    def fp16_row() -> None:
+        m16 = src.build("fp16")
+        gh = engine(m16, "fp16", True)
         log("[compare] CUDA graph fp16")
         rows.append(_measure_row("cuda graph fp16", gh, iters=iters, warmup=warmup, nfe=nfe, cfg_beta=None,
                                  reference=refs[nfe], fixtures=fixtures))
         _free(gh)
-        del model
+
+    if fp16:
+        attempt("fp16 row", fp16_row)
         _free()
     torch.cuda.synchronize()
     return rows, floor, floor8, notes
