@@ -27,6 +27,7 @@ from rclpy.signals import SignalHandlerOptions
 from reflex_ros.msg import ActionChunk
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
+from std_srvs.srv import SetBool
 from trajectory_msgs.msg import JointTrajectory
 
 from reflex_ros.control.stamps import stamp_to_ns
@@ -118,6 +119,7 @@ class RosHarness:
                                                          f"{node_fqn}/set_parameters_atomically")
         self.get_client = self.node.create_client(GetParameters, f"{node_fqn}/get_parameters")
         self.describe_client = self.node.create_client(DescribeParameters, f"{node_fqn}/describe_parameters")
+        self.hold_client = self.node.create_client(SetBool, f"{node_fqn}/hold")
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self._spin = threading.Thread(target=self._spin_forever, daemon=True)
@@ -227,6 +229,11 @@ class RosHarness:
                         return values
             return None
         return wait_for(find, timeout_s, "a diagnostics message")
+
+    def hold(self, on: bool = True) -> tuple[bool, str]:
+        """Call the node's ~/hold service (true = hold, false = release): (success, message)."""
+        response = self._call(self.hold_client, SetBool.Request(data=bool(on)))
+        return response.success, response.message
 
     # --- parameters, as rqt_reconfigure calls them
     def _call(self, client: Any, request: Any, timeout_s: float = 30.0) -> Any:
