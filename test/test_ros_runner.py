@@ -8,6 +8,7 @@ and its arguments and parameters checked against the node's declared parameters.
 from __future__ import annotations
 
 import ast
+import contextlib
 import os
 import signal
 import subprocess
@@ -16,7 +17,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from _ros_harness import RosHarness, wait_for
+from _ros_harness import RosHarness, stamp_ns, wait_for
 
 from reflex_ros.control import params as P
 from reflex_ros.ros.runner import node_command, ros_environment
@@ -157,19 +158,21 @@ def test_launch_file_declares_the_arguments_and_autostarts() -> None:
     assert any(isinstance(f, ast.FunctionDef) and f.name == "generate_launch_description" for f in tree.body)
 
 
-def test_node_run_directly_shuts_down_cleanly_on_sigint(tiny_export: Path) -> None:
-    """`python -m reflex_ros.ros.policy_node` alone: SIGINT while active holds and cleans up."""
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP])
+def test_node_run_directly_shuts_down_cleanly_on_sigint(tiny_export: Path, sig: int) -> None:
+    """`python -m reflex_ros.ros.policy_node` alone: SIGINT (or SIGHUP: its terminal closed,
+    issue 13 item 6) while active holds and cleans up."""
     from reflex_ros.ros.runner import PolicyNodeProcess
 
-    node = PolicyNodeProcess(tiny_export, embodiment="so100", node_name="reflex_direct", log=lambda line: None)
+    node = PolicyNodeProcess(tiny_export, embodiment="so100", node_name=f"reflex_direct_{sig}", log=lambda line: None)
     try:
         with node:
             robot = RosHarness(node_fqn=node.fqn)
             try:
                 robot.feed(True, rate_hz=30.0)
                 robot.wait_chunks(1, timeout_s=90)
-                os.kill(node.pid, signal.SIGINT)
-                wait_for(lambda: not node.alive, 60, "the node to exit on SIGINT")
+                os.kill(node.pid, sig)
+                wait_for(lambda: not node.alive, 60, f"the node to exit on {signal.Signals(sig).name}")
             finally:
                 robot.close()
         assert node.returncode == 0
@@ -177,3 +180,77 @@ def test_node_run_directly_shuts_down_cleanly_on_sigint(tiny_export: Path) -> No
         assert "inactive: published a hold-position trajectory" in text and "cleaned up" in text
     finally:
         node.kill()
+
+
+# --------------------------------------------------------------------------- issue 13 item 6: no orphans
+
+# Runs `reflex-ros run` as a child subreaper (PR_SET_CHILD_SUBREAPER), so the node, orphaned when
+# the runner is killed, is reparented here and its exit status can be reported.
+SUBREAPER = """
+import ctypes, os, subprocess, sys
+ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)
+runner = subprocess.Popen([sys.executable, "-m", "reflex_ros.cli", "run", *sys.argv[1:]])
+print(f"runner pid {runner.pid}", flush=True)
+while True:
+    try:
+        pid, status = os.wait()
+    except ChildProcessError:
+        break
+    print(f"exited {pid} {os.waitstatus_to_exitcode(status)}", flush=True)
+"""
+
+
+def _pid_after(lines: list[str], text: str) -> int | None:
+    line = next((x for x in list(lines) if text in x), None)
+    return int(line.split(text, 1)[1].split(")")[0].split()[0]) if line else None
+
+
+def test_a_killed_runner_never_leaves_its_node_commanding_the_robot(tiny_export: Path) -> None:
+    """SIGKILL of `reflex-ros run` used to leave the node publishing (24 chunks after the runner
+    died). Now the node notices (its lifeline pipe reads EOF), holds position and exits 0."""
+    proc = subprocess.Popen([sys.executable, "-c", SUBREAPER, str(tiny_export), "--embodiment", "so100",
+                             "--node-name", "reflex_orphan_test", "--ros-args", "-p", "execute_steps:=3"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            env=ros_environment())
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(line.rstrip("\n") for line in proc.stdout), daemon=True)
+    reader.start()
+    robot = RosHarness(node_fqn="/reflex_orphan_test")
+    node_pid = None
+    try:
+        wait_for(lambda: _pid_after(lines, "(node pid ") or proc.poll() is not None, 120, "the node to activate")
+        runner_pid, node_pid = _pid_after(lines, "runner pid "), _pid_after(lines, "(node pid ")
+        assert runner_pid and node_pid, "\n".join(lines)
+        robot.feed(True, rate_hz=30.0)
+        robot.wait_chunks(2, timeout_s=90)
+        with robot.lock:
+            mark = len(robot.trajectories)
+        os.kill(runner_pid, signal.SIGKILL)
+        wait_for(lambda: f"exited {node_pid} 0" in lines, 120, "the orphaned node to hold and exit 0")
+        assert f"exited {runner_pid} -9" in lines
+        with robot.lock:
+            after = robot.trajectories[mark:]
+            chunks_after = [r for r in robot.chunks if after and r.t_ns > after[-1].t_ns]
+        holds = [r for r in after if len(r.msg.points) == 1 and stamp_ns(r.msg.header.stamp) == 0]
+        assert holds and after[-1] is holds[-1] and not chunks_after  # the hold was the last word
+    finally:
+        robot.close()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        if node_pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(node_pid, signal.SIGKILL)  # only if the node survived (the failure this test is for)
+        proc.wait(timeout=30)
+        reader.join(timeout=10)
+
+
+def test_sighup_to_the_runner_shuts_the_node_down_in_order(tiny_export: Path) -> None:
+    """A closed terminal (SIGHUP) used to kill the runner outright and orphan the node."""
+    cli = _Cli(str(tiny_export), "--embodiment", "so100", "--node-name", "reflex_hup_test")
+    try:
+        wait_for(lambda: cli.has("active; Ctrl-C to stop") or cli.proc.poll() is not None, 120, "the node to activate")
+        os.kill(cli.proc.pid, signal.SIGHUP)
+        assert cli.wait() == 0, "\n".join(cli.lines)
+        assert cli.has("stopping: deactivate -> cleanup -> shutdown") and cli.has("cleaned up: engine released")
+    finally:
+        cli.close()
