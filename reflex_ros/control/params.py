@@ -229,11 +229,11 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("max_delta_per_step", "float[]", None, "Per-joint largest position change per control step",
               SAFETY, per_joint=True, positive=True, embodiment_field="max_delta_per_step",
               example=[0.1, 0.1, 0.1, 0.1, 0.1, 0.1]),
-    ParamSpec("state_limit_tolerance_rad", float, 0.05, "A joint reading beyond position_lower/upper by more "
-              "than this (rad, or m for a prismatic joint; at most one max_delta_per_step) is a fault: the joint "
-              "state is refused, logged naming the joint and value, and /diagnostics reports ERROR until a sane "
-              "reading arrives. A reading within it (drift) is brought inside the limits on the first point",
-              SAFETY, bounds=(0.0, 1.0)),
+    ParamSpec("state_limit_tolerance_rad", float, 0.1, "A joint reading beyond position_lower/upper by more "
+              "than this (rad, or m for a prismatic joint; capped per joint at one max_delta_per_step) is a fault: "
+              "the joint state is refused, logged naming the joint and value, and /diagnostics reports ERROR until "
+              "a sane reading arrives. A reading within it (drift; the so100 limits sit 0.05 rad inside the hard "
+              "stops) is brought inside the limits on the first point", SAFETY, bounds=(0.0, 1.0)),
     # --- observations (live) ---
     ParamSpec("max_observation_age_ms", float, 500.0, "Watchdog: no inference on an observation older than "
               "this; /diagnostics warns, and inference resumes by itself when fresh data returns", OBSERVE,
