@@ -122,7 +122,7 @@ class ObservationAssembler:
         """Refuse a stamp from the future (beyond ``max_future_ns``) or one older than the
         previous message on the topic; the error names the topic and both clocks."""
         limit = self.max_future_ns
-        if limit is None:
+        if limit is None or arrival_ns <= 0:  # 0: a sim-time clock before its first /clock message
             return
         ahead = stamp - int(arrival_ns)
         if ahead > limit:
