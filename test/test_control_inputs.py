@@ -77,9 +77,10 @@ def test_camera_decoders_are_registered_by_message_type() -> None:
 
     assert DEFAULT_CAMERA_TYPE == "sensor_msgs/msg/Image" and CAMERA_DECODERS[DEFAULT_CAMERA_TYPE] is IMAGE
     assert all(decoder.msg_type == name for name, decoder in CAMERA_DECODERS.items())
-    assert SPECS["camera_message_type"].choices == tuple(CAMERA_DECODERS)  # the parameter offers every entry
+    assert SPECS["camera_message_type"].choices == ("auto", *CAMERA_DECODERS)  # the parameter offers every entry
+    assert SPECS["camera_message_type"].default == "auto"
     with pytest.raises(KeyError, match="sensor_msgs/msg/Image"):
-        camera_decoder("sensor_msgs/msg/CompressedImage")
+        camera_decoder("sensor_msgs/msg/Foo")
 
 
 def test_rosbags_messages_decode_like_rclpy() -> None:

@@ -36,7 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--export", required=True, metavar="DIR", help="export directory (reflex-ros export)")
     parser.add_argument("--embodiment", required=True, metavar="NAME", help="embodiment preset name or yaml path")
     parser.add_argument("--camera-topics", nargs="+", default=None, metavar="TOPIC",
-                        help="camera topics (sensor_msgs/Image) in the export's camera order (default: auto-detect)")
+                        help="camera topics (sensor_msgs/Image or CompressedImage, JPEG/PNG) in the export's camera order "
+                             "(default: auto-detect)")
     parser.add_argument("--joint-states-topic", default=None, metavar="TOPIC",
                         help="sensor_msgs/JointState topic (default: auto-detect, /joint_states preferred)")
     parser.add_argument("--trajectory-topic", default=None, metavar="TOPIC",

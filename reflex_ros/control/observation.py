@@ -24,13 +24,14 @@ the future of the node's clock (after that clock went back, e.g. a simulator res
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from reflex_ros.control.inputs import DEFAULT_CAMERA_TYPE, camera_decoder, joint_state_to_vector
+from reflex_ros.control.input_rates import InputRates
+from reflex_ros.control.inputs import AUTO_CAMERA_TYPE, camera_decoder, camera_type_for, joint_state_to_vector
 from reflex_ros.control.inputs.joint_state import StateFault
 from reflex_ros.control.stamps import stamp_to_ns
 from reflex_ros.control.sync import ApproximateTimeSync
@@ -84,7 +85,7 @@ class ObservationAssembler:
 
     def __init__(self, camera_topics: Sequence[str], joint_names: Sequence[str], *,
                  camera_names: Sequence[str] | None = None,
-                 joint_topic: str = JOINT_STATES_TOPIC, camera_type: str = DEFAULT_CAMERA_TYPE,
+                 joint_topic: str = JOINT_STATES_TOPIC, camera_type: str | Mapping[str, str] = AUTO_CAMERA_TYPE,
                  camera_capacity: int = CAMERA_CAPACITY,
                  joint_capacity: int = JOINT_CAPACITY,
                  on_zero_stamp: Callable[[str], None] | None = None) -> None:
@@ -96,7 +97,11 @@ class ObservationAssembler:
             raise ValueError(f"camera_names {self.camera_names} and camera_topics {self.camera_topics} differ in length")
         self.joint_names = tuple(joint_names)
         self.joint_topic = joint_topic
-        self.decoder = camera_decoder(camera_type)
+        # per topic: "auto" reads a ".../compressed" topic as CompressedImage; a mapping names each
+        self.camera_types = {t: camera_type_for(t, camera_type if isinstance(camera_type, str) else camera_type[t])
+                             for t in self.camera_topics}
+        self.decoders = {t: camera_decoder(kind) for t, kind in self.camera_types.items()}
+        self.rates = InputRates([*self.camera_topics, self.joint_topic])  # received Hz, newest age
         self._sync = ApproximateTimeSync(
             [*self.camera_topics, JOINT_STREAM],
             capacity={JOINT_STREAM: joint_capacity, **{t: camera_capacity for t in self.camera_topics}})
@@ -138,17 +143,20 @@ class ObservationAssembler:
 
     def offer_camera(self, topic: str, msg: Any, arrival_ns: int) -> int:
         """O(1): check and buffer a frame; returns its stamp. Raises ObservationError."""
-        self.decoder.check(msg, topic)
+        self.rates.received(topic, arrival_ns)
+        self.decoders[topic].check(msg, topic)
         stamp = self._stamp(msg, topic, arrival_ns)
         self._check_stamp(topic, stamp, arrival_ns)
         self._sync.add(topic, stamp, _Offered(msg, int(arrival_ns)))
         self._newest[topic] = stamp
+        self.rates.accepted(topic, stamp)
         return stamp
 
     def offer_joint_state(self, msg: Any, arrival_ns: int) -> tuple[int, np.ndarray]:
         """Read the joints by name and buffer them; returns (stamp, positions). Raises
         ObservationError (missing or duplicated joint, NaN, a glitch value, a bad stamp,
         StateFault from ``state_check``)."""
+        self.rates.received(self.joint_topic, arrival_ns)
         state = joint_state_to_vector(msg, self.joint_names, self.joint_topic)
         stamp = self._stamp(msg, self.joint_topic, arrival_ns)
         self._check_stamp(self.joint_topic, stamp, arrival_ns)
@@ -156,6 +164,7 @@ class ObservationAssembler:
             self.state_check(state)
         self._sync.add(JOINT_STREAM, stamp, _Offered(state, int(arrival_ns)))
         self._newest[self.joint_topic] = stamp
+        self.rates.accepted(self.joint_topic, stamp)
         self.last_state = state
         return stamp, state
 
@@ -163,7 +172,7 @@ class ObservationAssembler:
         cached = self._decoded.get(topic)
         if cached is not None and cached[0] == stamp:
             return cached[1]
-        image = self.decoder.decode(msg, topic)
+        image = self.decoders[topic].decode(msg, topic)
         self._decoded[topic] = (stamp, image)
         return image
 

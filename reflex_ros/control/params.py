@@ -31,7 +31,7 @@ from typing import Any
 
 from reflex_ros.control.chunking import skipped_steps
 from reflex_ros.control.embodiment import Embodiment
-from reflex_ros.control.inputs import CAMERA_DECODERS, DEFAULT_CAMERA_TYPE
+from reflex_ros.control.inputs import AUTO_CAMERA_TYPE, CAMERA_TYPE_CHOICES
 from reflex_ros.control.strategies import DEFAULT_STRATEGY, STRATEGIES
 from reflex_ros.vocab import (
     ABSOLUTE,
@@ -193,9 +193,11 @@ PARAMS: tuple[ParamSpec, ...] = (
               "by position, allowed only for exports whose cameras are unnamed (camera0, camera1, ...). A "
               "model camera with no topic is an error, except LeRobot's empty cameras", ROBOT,
               reconfigure_only=True, unique=True, example=["observation.images.front"]),
-    ParamSpec("camera_message_type", str, DEFAULT_CAMERA_TYPE, "Message type of the camera topics (sensor_msgs/"
-              "msg/Image: rgb8, bgr8, rgba8, bgra8, mono8)", ROBOT, reconfigure_only=True,
-              choices=tuple(CAMERA_DECODERS)),
+    ParamSpec("camera_message_type", str, AUTO_CAMERA_TYPE, "Message type of the camera topics: auto = per "
+              "topic, a topic ending in /compressed (image_transport's compressed stream, e.g. "
+              "/camera/front/image_raw/compressed) is sensor_msgs/msg/CompressedImage (JPEG or PNG, by its format "
+              "field), any other sensor_msgs/msg/Image (rgb8, bgr8, rgba8, bgra8, mono8); a type name reads every "
+              "camera topic as that type", ROBOT, reconfigure_only=True, choices=CAMERA_TYPE_CHOICES),
     ParamSpec("joint_states_topic", str, JOINT_STATES_TOPIC, "sensor_msgs/JointState topic (reliable QoS)", ROBOT,
               reconfigure_only=True),
     ParamSpec("action_mode", str, ABSOLUTE, "absolute joint positions, or deltas added to the observed state",

@@ -53,7 +53,7 @@ class BagTopics:
     """The topics a replay uses."""
 
     camera_topics: tuple[str, ...]
-    camera_type: str
+    camera_types: dict[str, str]  # topic -> message type (Image or CompressedImage; may differ per camera)
     joint_states_topic: str
     trajectory_topic: str | None = None
     action_chunk_topic: str | None = None
@@ -112,7 +112,7 @@ def select_topics(
     """Pick the topics to replay: given ones are checked, missing ones auto-detected by type.
 
     Auto-detection takes every camera topic (a type with a registered decoder, see
-    ``control/inputs``; sorted) when their number equals the export's camera count, the only
+    ``control/inputs``: sensor_msgs Image and CompressedImage; sorted) when their number equals the export's camera count, the only
     JointState topic (``/joint_states`` when several), and a
     JointTrajectory topic ending in ``/joint_trajectory`` (the node's) or the only one.
     Raises :class:`BagError` listing the bag's topics when something needed is missing.
@@ -134,9 +134,7 @@ def select_topics(
         cameras = tuple(found)
     if len(cameras) != num_cameras:
         raise BagError(f"--camera-topics gives {len(cameras)} topic(s) but the export expects {num_cameras} camera(s)")
-    camera_types = {topics[c].msgtype for c in cameras}
-    if len(camera_types) != 1:
-        raise BagError(f"the camera topics {list(cameras)} mix message types {sorted(camera_types)}; one type is served")
+    camera_types = {c: topics[c].msgtype for c in cameras}
     if joint_states_topic:
         _require(topics, joint_states_topic, JOINT_STATE_TYPE, "--joint-states-topic", path)
         joints = joint_states_topic
@@ -156,7 +154,7 @@ def select_topics(
         trajectory = node[0] if node else (found[0] if len(found) == 1 else None)
     chunks = _of_type(topics, ACTION_CHUNK_TYPE)
     instructions = [t for t in _of_type(topics, STRING_TYPE) if t.endswith("instruction")]
-    return BagTopics(cameras, camera_types.pop(), joints, trajectory, chunks[0] if chunks else None,
+    return BagTopics(cameras, camera_types, joints, trajectory, chunks[0] if chunks else None,
                      instructions[0] if instructions else None)
 
 
@@ -234,7 +232,7 @@ def read_bag(
                 wanted.add(optional)
         connections = [c for c in reader.connections if c.topic in wanted]
         assembler = ObservationAssembler(chosen.camera_topics, joint_names, joint_topic=chosen.joint_states_topic,
-                                         camera_type=chosen.camera_type, camera_capacity=8)
+                                         camera_type=chosen.camera_types, camera_capacity=8)
         slop_ns = int(slop_ms * 1e6)
         data = BagData(path, chosen, [], tuple(joint_names), np.zeros(0, dtype=np.int64),
                        np.zeros((0, len(joint_names))), [])

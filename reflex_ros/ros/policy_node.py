@@ -51,6 +51,7 @@ from reflex_ros.control import params as P
 from reflex_ros.control.chunking import finite_differences, gate_positions
 from reflex_ros.control.configure import ConfigureError
 from reflex_ros.control.embodiment import EmbodimentError, load_embodiment
+from reflex_ros.control.input_rates import input_report
 from reflex_ros.control.loop import INPUT, USER, ControlLoop
 from reflex_ros.control.stats import LoopStats, diagnostic_status
 from reflex_ros.engine.types import ReflexError
@@ -288,8 +289,8 @@ class PolicyNode(LifecycleNode):
         loop = self._loop
         self._traj_pub = self.create_lifecycle_publisher(JointTrajectory, vocab.TRAJECTORY_TOPIC, 10)
         self._chunk_pub = self.create_lifecycle_publisher(ActionChunk, vocab.ACTION_CHUNK_TOPIC, 10)
-        camera_type = M.message_class(values["camera_message_type"])
-        for topic in values["camera_topics"]:
+        for topic in values["camera_topics"]:  # Image, or CompressedImage for ".../compressed" (auto)
+            camera_type = M.message_class(loop.assembler.camera_types[topic])
             self._subs.append(self.create_subscription(camera_type, topic, partial(loop.offer_camera, topic),
                                                        qos_profile_sensor_data))
         reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
@@ -427,6 +428,12 @@ class PolicyNode(LifecycleNode):
             level, message, values = diagnostic_status(
                 label, self.stats, watchdog_stale=loop is not None and loop.watchdog_stale, engine_info=info,
                 settings=settings, calibration_state=calibration)
+            if loop is not None:  # per input: received rate, newest age; a starving one is WARN
+                starving, input_values = input_report(loop.assembler.rates, self.get_clock().now().nanoseconds,
+                                                      settings.max_observation_age_ms)
+                values.update(input_values)
+                if starving and label == "active" and level == "OK":
+                    level, message = "WARN", "input starving: " + "; ".join(starving)
             self._diag_pub.publish(M.build_diagnostic_array(
                 stamp_ns=self.get_clock().now().nanoseconds, node_name=self.get_name(),
                 hardware_id=info.model_hash if info is not None else "none", level=level, message=message,
