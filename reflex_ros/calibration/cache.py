@@ -9,12 +9,16 @@ Layout (the seed's schema v1, ``schema_version`` first, plus a few keys of ours 
                  "measurement_quality": {"warmup_iters": 10, "measurement_iters": 100,
                      "median_ms": 3.1, "p99_ms": 4.0, "n_outliers_dropped": 2, "quality_score": 0.76},
                  "expert_step_ms": 0.2, "prefix_ms": 0.9, "preprocess_ms": 0.1, "source": "measured",
-                 "latency_source": "cold_start", "measured_at": "...Z", "updated_at": "...Z"}}}
+                 "latency_source": "learned", "obs_to_publish_p95_ms": 130.7, "actuation_lag_ms": 65.0,
+                 "measured_at": "...Z", "updated_at": "...Z"}}}
 
 Why the extra keys: ``expert_step_ms``/``prefix_ms``/``preprocess_ms`` let a live ``control_frequency_hz``
 change re-run the resolver without re-measuring; ``source`` says whether a bag or this host
 produced it; ``latency_source`` whether ``latency_compensation_ms`` is the embodiment's cold
-start or was learned; ``measured_at`` dates the measurement itself (a learned latency update
+start or was learned, and for a learned one its two parts: ``obs_to_publish_p95_ms`` (p95
+observation-to-publish of the loop, or of a bag's recorded chunks) and ``actuation_lag_ms``
+(commanded vs measured joints), so ``latency_compensation_ms = obs_to_publish_p95_ms +
+actuation_lag_ms``; ``measured_at`` dates the measurement itself (a learned latency update
 touches ``updated_at`` only, so it does not make an old measurement look fresh).
 
 Two nodes may start at once on one host, so every write is read-modify-write under an
@@ -72,9 +76,14 @@ ENTRY_KEY_ORDER: tuple[str, ...] = (
     "preprocess_ms",
     "source",
     "latency_source",
+    "obs_to_publish_p95_ms",
+    "actuation_lag_ms",
     "measured_at",
     "updated_at",
 )
+# A learned latency_compensation_ms is the sum of these two parts, kept on record so a user can
+# see why the compensation is what it is (absent or null: not learned, or the lag unknown).
+LATENCY_PARTS: tuple[str, ...] = ("obs_to_publish_p95_ms", "actuation_lag_ms")
 
 
 class CacheFormatError(ReflexError):
@@ -213,6 +222,9 @@ def entry_problem(entry: Any, now: datetime | None = None) -> str | None:
     for key in ("prefix_ms", "preprocess_ms"):
         if key in entry:
             checks.append(_number_problem(key, entry[key]))
+    for key in LATENCY_PARTS:
+        if entry.get(key) is not None:
+            checks.append(_number_problem(key, entry[key], maximum=MAX_LATENCY_MS))
     for problem in checks:
         if problem:
             return problem
