@@ -96,3 +96,31 @@ def test_plain_doctor_summarises_the_host(tmp_path, capsys):
     assert code == 0
     assert "onnxruntime: " in out and "CPUExecutionProvider" in out
     assert f"calibration: {path}: 2 entries, 1 fresh" in out
+
+
+def test_the_lag_and_the_obs_to_publish_part_are_shown(tmp_path, capsys):
+    """A learned latency_compensation_ms is shown with its two parts (text and JSON); a cold
+    start says they are not learned yet; a bag without a lag estimate says so."""
+    path = tmp_path / "calibration.json"
+    cache = CalibrationCache(path)
+    fp, version = collect_fingerprint(), reflex_version()
+    cache.put_entry("so100::learned", an_entry(latency_compensation_ms=195.7, latency_source="learned",
+                                               obs_to_publish_p95_ms=130.7, actuation_lag_ms=65.0), fp, version)
+    cache.put_entry("so100::cold", an_entry(), fp, version)
+    cache.put_entry("so100::nolag", an_entry(latency_compensation_ms=31.0, latency_source="learned",
+                                             obs_to_publish_p95_ms=31.0, actuation_lag_ms=None), fp, version)
+    code, out = run(["doctor", "--show-calibration", "--calibration-cache", str(path)], capsys)
+    assert code == 0
+    assert "latency 195.7 ms (learned) = obs->publish p95 130.7 ms + actuation lag 65.0 ms" in out
+    assert "latency 60.0 ms (cold_start): the embodiment's starting value" in out
+    assert "latency 31.0 ms (learned) = obs->publish p95 31.0 ms + actuation lag not estimated" in out
+    code, out = run(["doctor", "--show-calibration", "--format", "json", "--calibration-cache", str(path)], capsys)
+    entries = {e["key"]: e for e in json.loads(out)["entries"]}
+    learned = entries["so100::learned"]
+    assert (learned["latency_compensation_ms"], learned["obs_to_publish_p95_ms"], learned["actuation_lag_ms"]) == (
+        195.7, 130.7, 65.0)
+    assert learned["entry"]["actuation_lag_ms"] == 65.0 and learned["latency_source"] == "learned"
+    assert entries["so100::cold"]["actuation_lag_ms"] is None and entries["so100::cold"]["obs_to_publish_p95_ms"] is None
+    # the seed's schema fields are untouched
+    assert {"chunk_size", "nfe", "latency_compensation_ms", "provider", "variant", "measurement_quality"} <= set(
+        learned["entry"])

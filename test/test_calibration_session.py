@@ -179,6 +179,8 @@ def test_learned_latency_is_persisted_and_used_on_the_next_start(tmp_path, engin
     s.flush()
     entry = json.loads(path.read_text())["entries"][s.key]
     assert entry["latency_compensation_ms"] == 100.0 and entry["latency_source"] == "learned"
+    # on record as its two parts: p95 observation-to-publish + the actuation lag
+    assert (entry["obs_to_publish_p95_ms"], entry["actuation_lag_ms"]) == (20.0, 80.0)
     assert entry["updated_at"] >= entry["measured_at"]
     restarted = session(path, []).resolve(engine, control_frequency_hz=30.0, execute_steps=10)
     assert restarted.cache_hit and restarted.latency_compensation_ms == 100.0

@@ -17,6 +17,7 @@ import pytest
 from reflex_ros.apps import calibrate as calibrate_cli
 from reflex_ros.calibration.actuation_lag import estimate_actuation_lag_ms
 from reflex_ros.control.embodiment import load_embodiment
+from reflex_ros.control.inputs.compressed import encode_image, image_transport_format
 from reflex_ros.control.jtc import commanded_series
 from reflex_ros.control.stamps import ns_to_sec_nanosec
 from reflex_ros.replay.bag_reader import BagError, default_typestore, read_bag
@@ -41,8 +42,11 @@ def policy_motion(t_ns: np.ndarray, joints: int) -> np.ndarray:
 
 
 def write_bag(path: Path, storage: str, *, duration_s: float = 6.0, joint_names: tuple[str, ...],
-              with_trajectory: bool = True, with_joint_states: bool = True, lag_ms: float = INJECTED_LAG_MS) -> Path:
-    """A recording as the node + robot would produce it (see the module docstring)."""
+              with_trajectory: bool = True, with_joint_states: bool = True, lag_ms: float = INJECTED_LAG_MS,
+              camera: str = "raw") -> Path:
+    """A recording as the node + robot would produce it (see the module docstring); ``camera``
+    raw (sensor_msgs/Image on CAMERA) or jpeg / png (sensor_msgs/CompressedImage on CAMERA/compressed,
+    format as image_transport writes it)."""
     from rosbags.rosbag2 import StoragePlugin, Writer
 
     ts = default_typestore()
@@ -97,9 +101,15 @@ def write_bag(path: Path, storage: str, *, duration_s: float = 6.0, joint_names:
     side = 32
     for k, t in enumerate(range(T0_NS, end_ns, int(1e9 / 15))):
         pixels = np.full((side, side, 3), k % 255, dtype=np.uint8)
-        img = T["sensor_msgs/msg/Image"](header=Header(stamp=stamp(t), frame_id="cam"), height=side, width=side,
-                                         encoding="rgb8", is_bigendian=0, step=side * 3, data=pixels.ravel())
-        messages.append((t + 5_000_000, CAMERA, "sensor_msgs/msg/Image", img))
+        if camera == "raw":
+            img = T["sensor_msgs/msg/Image"](header=Header(stamp=stamp(t), frame_id="cam"), height=side, width=side,
+                                             encoding="rgb8", is_bigendian=0, step=side * 3, data=pixels.ravel())
+            messages.append((t + 5_000_000, CAMERA, "sensor_msgs/msg/Image", img))
+        else:
+            payload = np.frombuffer(encode_image(pixels, camera), np.uint8).copy()
+            img = T["sensor_msgs/msg/CompressedImage"](header=Header(stamp=stamp(t), frame_id="cam"),
+                                                       format=image_transport_format(camera), data=payload)
+            messages.append((t + 5_000_000, f"{CAMERA}/compressed", "sensor_msgs/msg/CompressedImage", img))
     messages.sort(key=lambda m: m[0])
     with Writer(path, version=9, storage_plugin=plugin) as writer:
         connections = {}
@@ -136,6 +146,31 @@ def test_bag_actuation_lag_within_one_control_period(tmp_path, storage, franka):
     assert len(data.observations) == data.n_synced and data.n_synced >= 80
 
 
+@pytest.mark.parametrize(("storage", "codec"), [("sqlite3", "jpeg"), ("mcap", "png")])
+def test_bag_with_compressed_camera_topics(tmp_path, storage, codec, franka, tiny_export, capsys):
+    """A bag whose camera is sensor_msgs/CompressedImage (what robots usually record) replays the
+    same way: the topic is found by type, frames decoded to RGB at their own size, and the
+    calibrate command writes the entry with the lag."""
+    bag = write_bag(tmp_path / f"rec_{storage}", storage, duration_s=3.0, joint_names=franka.joint_names,
+                    camera=codec)
+    data = read_bag(bag, joint_names=franka.joint_names, num_cameras=1, instruction="pick")
+    assert data.topics.camera_topics == (f"{CAMERA}/compressed",)
+    assert data.topics.camera_types == {f"{CAMERA}/compressed": "sensor_msgs/msg/CompressedImage"}
+    assert data.n_rejected == 0 and data.n_synced >= 30
+    for obs in data.observations[:5]:
+        image = obs.images[0]
+        assert image.shape == (32, 32, 3) and image.dtype == np.uint8
+        # the frame's fill value comes back (exact for PNG, within JPEG's rounding)
+        assert np.ptp(image) <= (0 if codec == "png" else 2)
+    cache = tmp_path / "calibration.json"
+    args = _parse(["calibrate", "--bag", str(bag), "--export", str(tiny_export), "--embodiment", "franka",
+                   "--calibration-cache", str(cache), "--iters", "4", "--warmup-iters", "1"])
+    assert args.func(args) == 0
+    assert f"cameras: {CAMERA}/compressed" in capsys.readouterr().out
+    entry = next(iter(json.loads(cache.read_text())["entries"].values()))
+    assert entry["source"] == f"bag:{bag.name}" and entry["actuation_lag_ms"] is not None
+
+
 def _parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="reflex-ros")
     calibrate_cli.register(parser.add_subparsers())
@@ -158,6 +193,11 @@ def test_calibrate_cli_writes_bag_entry(tmp_path, storage, tiny_export, franka, 
     assert entry["latency_source"] == "learned"
     # p95 observation-to-publish (30 ms, from the chunks) + the 80 ms lag, within a control period.
     assert abs(entry["latency_compensation_ms"] - (OBS_TO_PUBLISH_MS + INJECTED_LAG_MS)) <= 1000.0 / CONTROL_HZ
+    # the two parts on record: the recorded chunks' p95 and the lag the bag shows
+    assert entry["obs_to_publish_p95_ms"] == pytest.approx(OBS_TO_PUBLISH_MS, abs=0.1)
+    assert abs(entry["actuation_lag_ms"] - INJECTED_LAG_MS) <= 1000.0 / CONTROL_HZ
+    assert entry["latency_compensation_ms"] == pytest.approx(entry["obs_to_publish_p95_ms"] + entry["actuation_lag_ms"],
+                                                             abs=0.11)
     assert entry["measurement_quality"]["measurement_iters"] == 12
     assert entry["expert_step_ms"] > 0 and entry["nfe"] in (1, 2, 4, 8, 10)
     assert "actuation lag:" in out and f"wrote franka::{model_hash(tiny_export)}" in out

@@ -127,7 +127,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
             print("actuation lag: not estimated (the bag has no JointTrajectory topic; record the node's "
                   "~/joint_trajectory to learn it)")
 
-        learned = None
+        learned = parts = None
         if lag_ms is not None:
             if len(data.obs_to_publish_ms) >= MIN_CHUNK_SAMPLES:
                 o2p = float(np.percentile(data.obs_to_publish_ms, 95))
@@ -136,6 +136,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
                 o2p = float(np.percentile(measurement.samples_ms, 95))
                 o2p_from = "p95 of this host's inference (no ~/action_chunk in the bag)"
             learned = o2p + lag_ms
+            parts = (o2p, lag_ms)
             print(f"latency_compensation_ms: {learned:.1f} = {o2p:.1f} observation-to-publish ({o2p_from}) "
                   f"+ {lag_ms:.1f} actuation lag")
         else:
@@ -147,7 +148,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
                                      lines.append, args.warmup_iters, args.iters)
         resolution = session.calibrate_from_measurement(
             engine, measurement, control_frequency_hz=embodiment.control_frequency_hz,
-            execute_steps=embodiment.execute_steps, source=f"bag:{bag_path.name}", learned_latency_ms=learned)
+            execute_steps=embodiment.execute_steps, source=f"bag:{bag_path.name}", learned_latency_ms=learned,
+            latency_parts=parts)
         for line in lines:  # warnings (NFE fallback, write failure, foreign entries dropped)
             if not line.startswith(("[auto-calibrate] measured in", "[auto-calibrate] wrote")):
                 print(line)
@@ -157,7 +159,9 @@ def run_calibrate(args: argparse.Namespace) -> int:
             return _fail(f"could not write {resolution.key} to {session.cache.path}", code=1)
         print(f"wrote {resolution.key} to {session.cache.path}: nfe={entry['nfe']} chunk_size={entry['chunk_size']} "
               f"latency_compensation_ms={entry['latency_compensation_ms']:.1f} ({entry['latency_source']}) "
-              f"provider={entry['provider']} variant={entry['variant']} source={entry['source']}")
+              f"provider={entry['provider']} variant={entry['variant']} source={entry['source']}"
+              + (f" (obs_to_publish_p95_ms={entry['obs_to_publish_p95_ms']:.1f} + actuation_lag_ms="
+                 f"{entry['actuation_lag_ms']:.1f})" if parts is not None else ""))
         return 0
     finally:
         engine.close()

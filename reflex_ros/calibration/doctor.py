@@ -83,10 +83,39 @@ def calibration_report(path: str | Path | None, now: datetime | None = None,
             "model_hash": model_hash,
             "fresh": not reasons,
             "stale_reasons": reasons,
+            **latency_breakdown(entry),
             "entry": entry,
         })
     report["entries"] = entries
     return report
+
+
+def latency_breakdown(entry: Any) -> dict[str, Any]:
+    """Why latency_compensation_ms is what it is: its source and, when learned, its two parts
+    (``obs_to_publish_p95_ms + actuation_lag_ms``; None where not on record)."""
+    entry = entry if isinstance(entry, dict) else {}
+    return {
+        "latency_compensation_ms": entry.get("latency_compensation_ms"),
+        "latency_source": entry.get("latency_source"),
+        "obs_to_publish_p95_ms": entry.get("obs_to_publish_p95_ms"),
+        "actuation_lag_ms": entry.get("actuation_lag_ms"),
+    }
+
+
+def _latency_text(entry: dict[str, Any]) -> str:
+    """``latency 195.7 ms (learned) = obs->publish p95 130.7 ms + actuation lag 65.0 ms``."""
+    parts = latency_breakdown(entry)
+    lat, source = parts["latency_compensation_ms"], parts["latency_source"] or "?"
+    text = f"latency {lat:.1f} ms ({source})" if isinstance(lat, int | float) else f"latency {lat} ({source})"
+    o2p, lag = parts["obs_to_publish_p95_ms"], parts["actuation_lag_ms"]
+    if isinstance(o2p, int | float):
+        lag_text = f"{lag:.1f} ms" if isinstance(lag, int | float) else "not estimated"
+        return f"{text} = obs->publish p95 {o2p:.1f} ms + actuation lag {lag_text}"
+    if source == "learned":
+        return f"{text}; its parts are not on record (learned before they were kept)"
+    if source == "cold_start":
+        return f"{text}: the embodiment's starting value; obs->publish and actuation lag not learned yet"
+    return text
 
 
 def _fmt_fingerprint(fp: dict[str, Any] | None) -> str:
@@ -134,6 +163,7 @@ def format_report_text(report: dict[str, Any]) -> str:
             f"{lat_text} ({entry.get('latency_source', '?')})  provider {entry.get('provider')}  "
             f"variant {entry.get('variant')}"
         )
+        lines.append(f"      {_latency_text(entry)}")
         quality = entry.get("measurement_quality")
         if isinstance(quality, dict):
             lines.append(

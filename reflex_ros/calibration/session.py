@@ -214,12 +214,15 @@ class CalibrationSession:
         execute_steps: int,
         source: str,
         learned_latency_ms: float | None = None,
+        latency_parts: tuple[float, float | None] | None = None,
     ) -> Resolution:
         """Write an entry from a measurement made elsewhere (bag replay: ``source="bag:<file>"``),
-        optionally with a latency learned from the recording, and resolve from it."""
+        optionally with a latency learned from the recording and its parts (observation-to-
+        publish p95, actuation lag), and resolve from it."""
         fingerprint, version = self._bind_engine(engine)
         return self._store_measurement(measurement, fingerprint, version, control_frequency_hz, execute_steps,
-                                       source=source, stale=[], learned_latency_ms=learned_latency_ms)
+                                       source=source, stale=[], learned_latency_ms=learned_latency_ms,
+                                       latency_parts=latency_parts)
 
     def re_resolve(self, *, control_frequency_hz: float, execute_steps: int) -> Resolution:
         """Re-run the resolver from the cached measurement (a live rate change); no engine call."""
@@ -248,13 +251,20 @@ class CalibrationSession:
         self._log(f"{LOG} learned latency_compensation_ms={value:.1f} (p95 observation-to-publish over "
                   f"{self.tracker.n_samples} chunks + actuation lag {lag or 0.0:.1f} ms); persisting to {self.cache.path}")
         if self._entry is not None:
-            self._entry["latency_compensation_ms"] = value
-            self._entry["latency_source"] = "learned"
+            self._entry.update(self._learned_fields(value))
             thread = threading.Thread(target=self._persist_learned, args=(value,), name="reflex-calib-persist",
                                       daemon=True)
             self._pending.append(thread)
             thread.start()
         return value
+
+    def _learned_fields(self, value: float) -> dict[str, Any]:
+        """The cache fields of a learned latency: the value, its source and its two parts."""
+        with self._lock:
+            parts = self.tracker.learned_parts
+        o2p, lag = parts if parts is not None else (None, None)
+        return {"latency_compensation_ms": value, "latency_source": "learned", "obs_to_publish_p95_ms": o2p,
+                "actuation_lag_ms": lag}
 
     def record_actuation_lag(self, lag_ms: float) -> None:
         """One actuation-lag estimate from commanded vs measured joint positions."""
@@ -286,13 +296,18 @@ class CalibrationSession:
 
     def _store_measurement(self, measurement: Measurement, fingerprint: Mapping[str, Any], version: str,
                            control_frequency_hz: float, execute_steps: int, *, source: str, stale: list[str],
-                           learned_latency_ms: float | None = None) -> Resolution:
+                           learned_latency_ms: float | None = None,
+                           latency_parts: tuple[float, float | None] | None = None) -> Resolution:
         self._resolve_state = f"measured in {measurement.measure_s:.1f} s"
         self._log(self._describe_measurement(measurement))
         self._entry = self._entry_from(measurement, control_frequency_hz, execute_steps, source=source)
         if learned_latency_ms is not None:
             self._entry["latency_compensation_ms"] = round(float(learned_latency_ms), 1)
             self._entry["latency_source"] = "learned"
+            if latency_parts is not None:
+                o2p, lag = latency_parts
+                self._entry["obs_to_publish_p95_ms"] = round(float(o2p), 1)
+                self._entry["actuation_lag_ms"] = None if lag is None else round(float(lag), 1)
         self._write_entry(fingerprint, version)
         return self._resolve_from_entry(control_frequency_hz, execute_steps, cache_hit=False,
                                         measure_s=measurement.measure_s, stale=stale)
@@ -369,7 +384,7 @@ class CalibrationSession:
     def _persist_learned(self, value: float) -> None:
         with self._persist_lock:
             try:
-                fields = {"latency_compensation_ms": value, "latency_source": "learned"}
+                fields = self._learned_fields(value)
                 if not self.cache.patch_entry(self._key, fields) and self._entry is not None:
                     # The entry vanished (cache deleted or moved aside meanwhile): write ours back.
                     self.cache.put_entry(self._key, self._entry, collect_fingerprint(), reflex_version())

@@ -67,6 +67,7 @@ class LatencyTracker:
         self._last_check: float | None = None
         self._stable_run = 0
         self._emitted: float | None = None
+        self._emitted_parts: tuple[float, float | None] | None = None  # (p95 obs->publish, lag) of it
         self.n_total = 0
 
     # -- inputs
@@ -104,12 +105,22 @@ class LatencyTracker:
         """The last value emitted (None before the first update)."""
         return self._emitted
 
-    def loop_latency_ms(self) -> float | None:
-        """p95 of the window plus the actuation lag (None on an empty window)."""
+    @property
+    def learned_parts(self) -> tuple[float, float | None] | None:
+        """The two parts of :attr:`learned_ms` when it was emitted: (p95 observation-to-publish,
+        actuation lag or None when no lag was estimated yet)."""
+        return self._emitted_parts
+
+    def p95_ms(self) -> float | None:
+        """p95 observation-to-publish of the window (None on an empty window)."""
         if not self._samples:
             return None
-        p95 = float(np.percentile(np.fromiter(self._samples, dtype=np.float64), PERCENTILE))
-        return p95 + (self.actuation_lag_ms or 0.0)
+        return float(np.percentile(np.fromiter(self._samples, dtype=np.float64), PERCENTILE))
+
+    def loop_latency_ms(self) -> float | None:
+        """p95 of the window plus the actuation lag (None on an empty window)."""
+        p95 = self.p95_ms()
+        return None if p95 is None else p95 + (self.actuation_lag_ms or 0.0)
 
     def state(self) -> str:
         """Short text for diagnostics: "warming 12/30", "stabilising 1/3", "learned 83.2 ms"."""
@@ -137,4 +148,6 @@ class LatencyTracker:
         if self._emitted is not None and abs(value - self._emitted) <= self.stability_ms:
             return None
         self._emitted = round(value, 1)
+        lag = self.actuation_lag_ms
+        self._emitted_parts = (round(value - (lag or 0.0), 1), None if lag is None else round(lag, 1))
         return self._emitted
