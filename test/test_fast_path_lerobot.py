@@ -313,7 +313,7 @@ def test_cuda_graph_fp32_matches_lerobot_fixtures(case: str) -> None:
         images = {k[len("obs."):]: v for k, v in ref.items() if k.startswith("obs.observation.images.")}
         obs = Observation(images=images, state=ref["obs.observation.state"], instruction=str(ref["task"]))
         got = engine.infer(obs, nfe=int(ref["num_steps"]), noise=ref["noise"][0]).actions
-        want = ref["actions"][0]
+        want = ref["out.actions"][0]
         worst = max(worst, float(np.abs(got - want).max()) / max(1.0, float(np.abs(want).max())))
         assert cosine(got, want) >= 0.99999
     print(f"{case}: graph path {engine.info.extra.get('graph_path')}, worst relative error {worst:.2e}")

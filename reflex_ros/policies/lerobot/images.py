@@ -9,9 +9,10 @@ input, then ``x * 2 - 1`` into [-1, 1]. The two families pad differently:
 - SmolVLA (``resize_with_pad``): no clamp, pad on the *left and top* with 0.
 
 The resize reproduces ``F.interpolate(mode="bilinear", align_corners=False)`` on CPU:
-float32 source coordinates ``(dst + 0.5) * in/out - 0.5`` clamped at 0, the lower index
-capped at ``in - 1``, and the four taps weighted ``h_lambda * w_lambda`` and summed in the
-order torch's channels-last kernel uses (the kernel LeRobot hits for 3-channel images).
+float32 source coordinates ``(dst + 0.5) * in/out - 0.5`` clamped at 0 (one fused rounding,
+as torch's kernel), the lower index capped at ``in - 1``, and the same two weights per axis;
+it applies them separably, which rounds within a couple of float32 units of torch's
+four-tap sum.
 """
 
 from __future__ import annotations
@@ -42,15 +43,15 @@ def _axis_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.
 
 def bilinear_resize(img: np.ndarray, height: int, width: int) -> np.ndarray:
     """Resize float32 ``(H, W, C)`` to ``(height, width, C)`` as torch's bilinear
-    ``align_corners=False`` does (no antialiasing)."""
+    ``align_corners=False`` does (no antialiasing): torch's exact source coordinates and
+    weights, applied separably (rows, then columns). Separable is 2-3x faster than the four
+    gathered taps at the output size and differs from torch's summation order by at most a
+    couple of float32 units (1.8e-7 measured on [0, 1] images), far inside the parity
+    tolerance: a 640x480 camera is resized once per inference on the serving host's CPU."""
     h0, h1, hl0, hl1 = _axis_taps(img.shape[0], int(height))
     w0, w1, wl0, wl1 = _axis_taps(img.shape[1], int(width))
-    w00 = (hl0[:, None] * wl0[None, :])[..., None]
-    w01 = (hl0[:, None] * wl1[None, :])[..., None]
-    w10 = (hl1[:, None] * wl0[None, :])[..., None]
-    w11 = (hl1[:, None] * wl1[None, :])[..., None]
-    top, bottom = img[h0], img[h1]
-    out = top[:, w0] * w00 + top[:, w1] * w01 + bottom[:, w0] * w10 + bottom[:, w1] * w11
+    rows = img[h0] * hl0[:, None, None] + img[h1] * hl1[:, None, None]
+    out = rows[:, w0] * wl0[None, :, None] + rows[:, w1] * wl1[None, :, None]
     return out.astype(np.float32, copy=False)
 
 
@@ -61,9 +62,22 @@ def _fit(in_h: int, in_w: int, height: int, width: int) -> tuple[int, int]:
     return int(in_h / ratio), int(in_w / ratio)
 
 
+#: every uint8 value divided by 255 in float32, as LeRobot computes it: a table lookup gives the
+#: same bits as the division, in one pass
+_UNIT = (np.arange(256, dtype=np.float32) / np.float32(255.0)).astype(np.float32)
+#: ``(x / 255) * 2 - 1`` with LeRobot's float32 roundings, for an image used at its own size
+_SIGNED = (_UNIT * np.float32(2.0) - np.float32(1.0)).astype(np.float32)
+
+
 def uint8_to_unit(rgb: np.ndarray) -> np.ndarray:
     """``uint8 (H, W, 3)`` -> float32 in [0, 1] (LeRobot divides by 255 in float32)."""
-    return np.asarray(rgb).astype(np.float32) / np.float32(255.0)
+    return _UNIT[np.asarray(rgb, dtype=np.uint8)]
+
+
+def _same_size_chw(rgb: np.ndarray) -> np.ndarray:
+    """A camera already at the model's size: no resize and no pad, so [-1, 1] CHW straight
+    from the lookup table (indexing with the transposed view writes CHW contiguously)."""
+    return _SIGNED[np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)]
 
 
 def resize_with_pad_centered(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -71,6 +85,8 @@ def resize_with_pad_centered(rgb: np.ndarray, height: int, width: int) -> np.nda
 
     Resized only when the size differs; then clamped to [0, 1] and padded with black, split
     evenly (the odd pixel at the bottom/right)."""
+    if rgb.shape[:2] == (int(height), int(width)):
+        return _same_size_chw(rgb)
     img = uint8_to_unit(rgb)
     in_h, in_w = img.shape[:2]
     if (in_h, in_w) != (int(height), int(width)):
@@ -87,6 +103,8 @@ def resize_with_pad_top_left(rgb: np.ndarray, height: int, width: int) -> np.nda
 
     Resized only when the size differs; no clamp; padding (0 before scaling, so -1 after)
     goes on the left and the top."""
+    if rgb.shape[:2] == (int(height), int(width)):
+        return _same_size_chw(rgb)
     img = uint8_to_unit(rgb)
     in_h, in_w = img.shape[:2]
     if (in_h, in_w) != (int(height), int(width)):

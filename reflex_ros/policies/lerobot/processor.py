@@ -226,8 +226,8 @@ class LeRobotProcessor:
         row.update(self.extra_outputs(normalized, slots))
         out = {"lang_tokens": ids, "lang_masks": lang_masks}
         for name in self.output_names:
-            if name not in out:
-                out[name] = np.repeat(row[name][None], batch, axis=0)
+            if name not in out:  # batch 1: a view (no copy of two 512x512 images per inference)
+                out[name] = row[name][None] if batch == 1 else np.repeat(row[name][None], batch, axis=0)
         return {name: out[name] for name in self.output_names}
 
     def prepare_observation(self, obs: Any, cfg_beta: float | None = None) -> dict[str, np.ndarray]:
