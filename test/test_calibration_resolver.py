@@ -165,3 +165,19 @@ def test_override_ladder_without_cache_or_explicit():
     assert result.values == auto and set(result.sources.values()) == {"measured"} and lines == []
     result = rs.apply_override_ladder(auto, {"chunk_size": 40}, None, log=lines.append)
     assert result.values["chunk_size"] == 40 and lines == []  # no cached value was hidden
+
+
+@pytest.mark.parametrize(
+    ("capability", "cuda", "expected_variant", "expected_provider"),
+    [((9, 0), True, "bf16", CUDA), ((8, 6), True, "bf16", CUDA), (None, False, "fp32", CPU), ((9, 0), False, "fp32", CPU)],
+)
+def test_torch_engine_precision_is_real(capability, cuda, expected_variant, expected_provider):
+    """The torch engine serves the weights at any precision: bf16 on a GPU (what it then runs
+    and the cache records), fp32 on the CPU; never an ONNX provider's rule."""
+    inputs = rs.ResolverInputs(supported_nfe=ALL_NFE, expert_step_ms=1.0, fixed_ms=2.0, control_frequency_hz=30.0,
+                               execute_steps=10, default_chunk_size=50, cold_start_latency_ms=40.0,
+                               compute_capability=capability, providers=(TRT, CUDA, CPU), engine="torch",
+                               cuda_available=cuda)
+    auto = rs.resolve(inputs)
+    assert (auto.variant, auto.provider) == (expected_variant, expected_provider)
+    assert rs.select_torch_precision(capability, cuda)[0] == expected_variant

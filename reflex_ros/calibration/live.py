@@ -60,7 +60,7 @@ class LiveCalibration(LoopSubscriber):
 
     def select_runtime(self, values: Mapping[str, Any]) -> dict[str, Any]:
         """Steps 1-2, before the engine is loaded: the dtype/provider changes to load it with."""
-        precision, provider = self.session.select_runtime(values["export_dir"])
+        precision, provider = self.session.select_runtime(values["export_dir"], values["engine"])
         if values["engine"] == TORCH:  # the resolver speaks ONNX provider names
             provider = "cpu" if provider == CPU else "cuda"
         wanted = {"dtype": precision, "provider": provider}

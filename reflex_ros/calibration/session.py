@@ -79,6 +79,15 @@ def export_precisions(export_dir: str | Path | None) -> tuple[str, ...]:
     return (rs.FP32,)
 
 
+def torch_cuda_available() -> bool:
+    """Whether torch sees a GPU (False without torch: the ONNX-only install)."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
 def onnx_providers() -> tuple[str, ...]:
     """Execution providers of the installed onnxruntime (CPU only if it is missing)."""
     try:
@@ -139,6 +148,7 @@ class CalibrationSession:
         self._supported_nfe: tuple[int, ...] = ()
         self._engine_chunk_size: int | None = None
         self._runtime: tuple[str, str] = (CPU, FP32)
+        self._engine_kind = ONNX
         self._hardware: tuple[tuple[int, int] | None, tuple[str, ...], tuple[str, ...]] = (None, (CPU,), (FP32,))
         self._resolve_state = "not resolved"
         self._last: Resolution | None = None
@@ -155,14 +165,19 @@ class CalibrationSession:
         with self._lock:
             return f"{self._resolve_state}; {self.tracker.state()}"
 
-    def select_runtime(self, export_dir: str | Path) -> tuple[str, str]:
+    def select_runtime(self, export_dir: str | Path, engine: str = ONNX) -> tuple[str, str]:
         """Steps 1-2 before an engine exists: (variant, provider) to load the export with.
 
         Explicit ``dtype``/``variant`` and ``provider`` parameters win, as everywhere."""
         fingerprint = collect_fingerprint()
         capability, providers = gpu_compute_capability(fingerprint), onnx_providers()
-        variant, _ = rs.select_variant(export_precisions(export_dir), capability, providers, self.max_batch)
-        provider, _ = rs.select_provider(variant, providers, capability is not None, self.max_batch)
+        if engine == TORCH:
+            cuda = torch_cuda_available()
+            variant, _ = rs.select_torch_precision(capability, cuda)
+            provider = rs.CUDA if (capability is not None and cuda) else rs.CPU
+        else:
+            variant, _ = rs.select_variant(export_precisions(export_dir), capability, providers, self.max_batch)
+            provider, _ = rs.select_provider(variant, providers, capability is not None, self.max_batch)
         explicit_variant = rs.explicit_value(self.explicit, "variant")
         explicit_provider = rs.explicit_value(self.explicit, "provider")
         return (str(explicit_variant[1]) if explicit_variant else variant,
@@ -287,6 +302,7 @@ class CalibrationSession:
         self._supported_nfe = tuple(info.supported_nfe)
         self._engine_chunk_size = int(info.chunk_size)
         self._runtime = _engine_runtime(engine)
+        self._engine_kind = str(info.engine)
         fingerprint = collect_fingerprint()
         providers = onnx_providers() if info.engine == ONNX else (
             (rs.CUDA, rs.CPU) if self._runtime[0] == rs.CUDA else (rs.CPU,))
@@ -343,6 +359,8 @@ class CalibrationSession:
             max_batch=self.max_batch,
             learned_latency_ms=float(learned) if learned is not None else None,
             include_fixed=self.include_prefix,
+            engine=self._engine_kind,
+            cuda_available=self._engine_kind == TORCH and self._runtime[0] == rs.CUDA,
         )
 
     def _entry_from(self, m: Measurement, control_frequency_hz: float, execute_steps: int,
