@@ -425,3 +425,29 @@ def test_export_into_an_empty_directory_whose_parent_is_not_writable(tmp_path: P
         stdout, err = _one_line_error(capsys)
         assert rc == 2 and why in err, err
         assert stdout == ""  # refused before loading or exporting anything
+
+
+def test_fp16_export_keeps_the_float32_signature_and_needs_a_gpu_provider(tiny_export: Path, tmp_path: Path,
+                                                                         capsys) -> None:
+    """--precision fp16 rewrites the graphs in fp16 (for ONNX Runtime's CUDA provider) with the
+    same float32 inputs and outputs; its parity check, and serving it, need a GPU provider,
+    refused up front on the CPU with what to do instead."""
+    import onnx
+
+    from reflex_ros.engine.bundle import read_config
+    from reflex_ros.engine.export import convert_graphs_to_fp16
+
+    rc = cli_main(["export", "--model", "tiny", "--output", str(tmp_path / "half"), "--precision", "fp16"])
+    assert rc == 2 and "--parity-provider cuda" in capsys.readouterr().err and not (tmp_path / "half").exists()
+    copy = _copy(tiny_export, tmp_path)
+    config = read_config(copy)
+    convert_graphs_to_fp16(copy, config)
+    _edit_config(copy, precision="fp16")
+    bundle = load_bundle(copy)  # the graphs still match the config's float32 signatures
+    assert bundle.config.precision == "fp16"
+    model = onnx.load(str(copy / EXPERT_FILE))
+    assert {init.data_type for init in model.graph.initializer if init.dims} == {onnx.TensorProto.FLOAT16}
+    assert {i.type.tensor_type.elem_type for i in model.graph.input} == {onnx.TensorProto.FLOAT,
+                                                                          onnx.TensorProto.BOOL}
+    with pytest.raises(ReflexError, match="graphs are fp16, which CPUExecutionProvider cannot run"):
+        load_engine(copy, provider="cpu")

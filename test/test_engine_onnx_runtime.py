@@ -346,9 +346,9 @@ def test_option_combinations_the_provider_cannot_honour() -> None:
 
 def test_cuda_provider_options() -> None:
     assert provider_chain(CPU) == [(CPU, {})]
-    assert provider_chain(CUDA, device_id=1) == [(CUDA, {"device_id": "1"})]
+    assert provider_chain(CUDA, device_id=1) == [(CUDA, {"device_id": "1", "use_tf32": "0"})]
     chain = provider_chain(CUDA, cuda_graph=True)
-    assert chain == [(CUDA, {"device_id": "0", "enable_cuda_graph": "1"})]
+    assert chain == [(CUDA, {"device_id": "0", "use_tf32": "0", "enable_cuda_graph": "1"})]
 
 
 def test_tensorrt_provider_options(tmp_path: Path) -> None:
@@ -391,3 +391,16 @@ def test_onnx_serving_path_never_imports_torch(tiny_export: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "(50, 8) False"
+
+
+def test_tensorrt_is_available_only_where_its_runtime_loads(monkeypatch) -> None:
+    """onnxruntime-gpu lists TensorrtExecutionProvider even without TensorRT's libraries (they
+    are not on PyPI); a session would then fail at creation, so the ladder must not pick it."""
+    import onnxruntime as ort
+
+    from reflex_ros.engine import onnx_runtime as rt
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [TRT, CUDA, CPU])
+    monkeypatch.setattr(rt, "TENSORRT_LIBRARIES", ("libnvinfer_that_does_not_exist.so.99",))
+    assert rt.available_providers() == [CUDA, CPU]
+    assert resolve_provider(None, rt.available_providers()) == CUDA

@@ -89,12 +89,14 @@ def torch_cuda_available() -> bool:
 
 
 def onnx_providers() -> tuple[str, ...]:
-    """Execution providers of the installed onnxruntime (CPU only if it is missing)."""
+    """Execution providers the installed onnxruntime can start here (CPU only if it is
+    missing): the engine's own list, so the calibrator never selects TensorRT where
+    onnxruntime-gpu lists it but TensorRT's libraries are absent."""
     try:
-        import onnxruntime as ort
+        from reflex_ros.engine.onnx_runtime import available_providers
     except ImportError:
         return (rs.CPU,)
-    return tuple(ort.get_available_providers())
+    return tuple(available_providers())
 
 
 def _engine_runtime(engine: Engine) -> tuple[str, str]:

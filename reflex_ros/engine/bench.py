@@ -44,7 +44,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tokens", type=int, default=48, help="--family: language slots, all valid (default 48)")
     p.add_argument("--engine", choices=("onnx", "torch"), default=None,
                    help="runtime for DIR (default onnx); --model always uses torch")
-    p.add_argument("--cuda-graph", action="store_true", help="torch: capture prefix + NFE loop in CUDA graphs")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="torch: capture prefix + NFE loop in CUDA graphs; onnx: CUDA-EP's enable_cuda_graph")
+    p.add_argument("--provider", default=None,
+                   help="onnx: execution provider (CUDAExecutionProvider, TensorrtExecutionProvider, "
+                        "CPUExecutionProvider, or cuda/trt/cpu); default: the ladder TensorRT > CUDA > CPU")
     p.add_argument("--dtype", choices=("fp32", "bf16", "fp16", "fp8"), default="fp32",
                    help="torch compute dtype (fp8: bf16 + e4m3 MLP GEMMs, CUDA graph, sm_89+)")
     p.add_argument("--nfe", type=int, default=10, choices=(1, 2, 4, 8, 10), help="denoising steps per chunk")
@@ -109,7 +113,8 @@ def _open_engine(args: argparse.Namespace):
         from reflex_ros.engine.loader import load_engine
 
         engine = args.engine or "onnx"
-        provider = device if engine == "torch" else ("CPUExecutionProvider" if args.device == "cpu" else None)
+        provider = device if engine == "torch" else (args.provider or ("CPUExecutionProvider" if args.device == "cpu"
+                                                                        else None))
         return load_engine(args.dir, engine=engine, provider=provider, dtype=args.dtype, cuda_graph=args.cuda_graph)
     if args.engine == "onnx":
         raise ValueError("--model builds a torch policy; to bench ONNX, export first and pass the DIR")

@@ -113,6 +113,8 @@ class ExportConfig:
     source: str = ""
     export_command: str = ""
     monolithic_nfe: int | None = None
+    #: the graphs' compute precision: fp32, or fp16 (weights and math; inputs/outputs stay fp32)
+    precision: str = "fp32"
     metadata: dict[str, Any] = field(default_factory=dict)
     parity: dict[str, Any] | None = None
 
@@ -159,6 +161,7 @@ class ExportConfig:
             "image_size": self.image_size,
             "max_lang_tokens": self.max_lang_tokens,
             "supports_cfg": self.supports_cfg,
+            "precision": self.precision,
             "expert_inputs": list(self.expert_inputs),
             "opset": self.opset,
             "policy": {"weights_file": self.weights_file, "config_file": self.policy_config_file,
@@ -310,6 +313,7 @@ def parse_config(doc: Any, path: Path, err=None) -> ExportConfig:
         source=str(doc.get("source", "")),
         export_command=str(doc.get("export_command", "")),
         monolithic_nfe=mono_nfe,
+        precision=str(doc.get("precision", "fp32")),
         metadata={k: doc[k] for k in METADATA_KEYS if k in doc},
         parity=doc.get("parity"),
     )

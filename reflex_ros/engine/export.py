@@ -274,6 +274,31 @@ def _finalize_graph(traced: Path, path: Path, spec: GraphSpec) -> None:
         onnx.save_model(model, str(path))
 
 
+#: default parity threshold of an fp16 export (its graphs round to fp16; the reference is torch fp32)
+FP16_THRESHOLD = 5e-2
+
+
+def convert_graphs_to_fp16(export_dir: Path, config: ExportConfig) -> None:
+    """Rewrite every graph of an export in fp16 (weights and math), keeping its float32 inputs
+    and outputs (casts at the edges), so the runtime, the config signatures and the KV
+    hand-off are unchanged. onnxruntime's own converter (``onnxruntime.transformers.float16``)
+    does the rewrite; ORT's CUDA provider then runs fp16 kernels (TensorRT needs no fp16
+    graph: it builds fp16 from fp32)."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    for graphs in config.graphs.values():
+        for spec in graphs.values():
+            path = export_dir / spec.file
+            model = onnx.load(str(path))
+            half = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True)
+            if sum(len(i.raw_data) for i in half.graph.initializer) > EXTERNAL_DATA_THRESHOLD_BYTES:
+                onnx.save_model(half, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                                location=f"{path.name}.data", size_threshold=1024)
+            else:
+                onnx.save_model(half, str(path))
+
+
 def export_graphs(source: Any, export_dir: Path, config: ExportConfig, opset: int,
                   log: Callable[[str], None] | None = None) -> None:
     """Write the ONNX graphs named in ``config`` into ``export_dir``."""
@@ -430,6 +455,8 @@ def export_model(
     perturb_onnx: float = 0.0,
     log: Callable[[str], None] | None = print,
     checkpoint: str | None = None,
+    precision: str = "fp32",
+    parity_provider: str | None = None,
 ) -> ParityReport:
     """Export ``checkpoint`` (a LeRobot checkpoint dir or hub id) or ``preset`` (the reference
     model, random weights) to ``output_dir`` if and only if ONNX matches torch.
@@ -437,7 +464,9 @@ def export_model(
     ``mode``: ``both`` (default; serving defaults to decomposed), ``decomposed`` or
     ``monolithic``. ``nfe``: the monolithic graph's unrolled steps and the decomposed
     default (None: the checkpoint's ``num_inference_steps``, else 10). Threshold:
-    ``threshold``, else 1e-5 with ``strict``, else 1e-4. ``seed`` seeds the reference init
+    ``threshold``, else 1e-5 with ``strict``, else 1e-4 (fp16 graphs: 5e-2). ``precision``:
+    fp32 graphs, or fp16 (converted after tracing; parity then needs a GPU provider,
+    ``parity_provider``, default CPU). ``seed`` seeds the reference init
     and the parity fixtures. ``perturb_onnx`` (tests only) scales the ONNX weights before the
     check to prove the refusal. Raises ParityCheckFailed (nothing written), ExportError /
     ReflexError (usage or environment problem, with a fix).
@@ -448,10 +477,17 @@ def export_model(
     say = log or (lambda _msg: None)
     if mode not in MODES:
         raise ReflexError(f"export mode {mode!r} is not one of {list(MODES)}")
+    if precision not in ("fp32", "fp16"):
+        raise ReflexError(f"export precision {precision!r} is not one of ['fp32', 'fp16']")
     try:
-        limit = resolve_threshold(threshold, strict)
+        limit = resolve_threshold(threshold if threshold is not None or precision == "fp32" else FP16_THRESHOLD,
+                                  strict)
     except ValueError as exc:
         raise ReflexError(str(exc)) from None
+    if precision == "fp16" and (parity_provider or "cpu").lower() in ("cpu", "cpuexecutionprovider"):
+        raise ReflexError("an fp16 export's parity check runs its graphs, which the CPU provider cannot (no fp16 "
+                          "kernels for most ops): pass --parity-provider cuda on a GPU machine, or export fp32 "
+                          "(TensorRT builds fp16 from fp32 graphs)")
     if fixtures < 1:
         raise ReflexError(f"parity needs at least 1 fixture, got fixtures={fixtures}")
     opset = int(opset or DEFAULT_OPSET)
@@ -487,10 +523,13 @@ def export_model(
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         source.write(tmp)
-        config = build_config(source, layouts=layouts, nfe=nfe, opset=opset)
+        config = build_config(source, layouts=layouts, nfe=nfe, opset=opset).replace(precision=precision)
         write_config(tmp, config)
         say(f"exporting {source.label} ({', '.join(layouts)}, nfe={nfe}, opset={opset}) ...")
         export_graphs(source, tmp, config, opset, log=say)
+        if precision == "fp16":
+            say("  converting the graphs to fp16 (float32 inputs and outputs kept) ...")
+            convert_graphs_to_fp16(tmp, config)
         if perturb_onnx:
             bundle = load_bundle(tmp, check_graphs=False)
             for layout in bundle.layouts:
@@ -498,7 +537,7 @@ def export_model(
                     perturb_onnx_weights(path, perturb_onnx)
         load_bundle(tmp)  # the graphs we just wrote must match the config we just wrote
         say(f"parity: {fixtures} fixture(s) per graph, full NFE loop, ONNX vs torch ...")
-        report = run_parity(tmp, source.model, threshold=limit, fixtures=fixtures, seed=seed)
+        report = run_parity(tmp, source.model, threshold=limit, fixtures=fixtures, seed=seed, provider=parity_provider)
         report.export_dir = str(out)
         say(report.format_table())
         if not report.passed:
@@ -533,6 +572,7 @@ def validate_export(
     fixtures: int = DEFAULT_FIXTURES,
     seed: int = 0,
     log: Callable[[str], None] | None = print,
+    provider: str | None = None,
 ) -> ParityReport:
     """Re-check an existing export: its ONNX graphs against the torch weights stored in it.
 
@@ -548,6 +588,6 @@ def validate_export(
         raise ReflexError(str(exc)) from None
     bundle = load_bundle(export_dir)
     model = load_bundle_model(bundle, device="cpu", dtype="fp32")
-    report = run_parity(bundle.export_dir, model, threshold=limit, fixtures=fixtures, seed=seed)
+    report = run_parity(bundle.export_dir, model, threshold=limit, fixtures=fixtures, seed=seed, provider=provider)
     say(report.format_table())
     return report

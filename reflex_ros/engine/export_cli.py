@@ -79,6 +79,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     exp.add_argument("--nfe", type=int, default=None, choices=(1, 2, 4, 5, 8, 10),
                      help="denoising steps unrolled into the monolithic graph and the decomposed default "
                           "(default: the checkpoint's num_inference_steps, else 10)")
+    exp.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
+                     help="graph precision: fp32 (default; TensorRT builds fp16 from it) or fp16 (for ONNX "
+                          "Runtime's CUDA provider; inputs/outputs stay float32; parity needs a GPU: "
+                          "--parity-provider cuda; default threshold 5e-2)")
+    exp.add_argument("--parity-provider", default=None,
+                     help="execution provider the parity check runs the graphs on (default CPU; cuda for fp16)")
     exp.add_argument("--strict", action="store_true", help="parity threshold 1e-5 instead of 1e-4")
     exp.add_argument("--threshold", type=_positive_float, default=None,
                      help="explicit parity threshold on max |onnx - torch| (overrides --strict)")
@@ -106,6 +112,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     val.add_argument("--strict", action="store_true", help="threshold 1e-5")
     val.add_argument("--fixtures", type=_positive_int, default=4, help="seeded parity fixtures (default 4)")
     val.add_argument("--seed", type=int, default=0, help="fixture seed (default 0)")
+    val.add_argument("--provider", default=None,
+                     help="execution provider for the graphs (default CPU; an fp16 export needs cuda)")
     val.add_argument("--output-json", type=Path, default=None, metavar="FILE",
                      help="write per-fixture results, max_abs_diff_across_all, threshold and passed as JSON")
     val.set_defaults(func=_validate_handler)
@@ -153,6 +161,7 @@ def _export_handler(args: argparse.Namespace) -> int:
             preset=args.model, checkpoint=args.checkpoint, output_dir=args.output, mode=args.mode, nfe=args.nfe,
             num_cameras=args.num_cameras, strict=args.strict, opset=args.opset, threshold=args.threshold,
             seed=args.seed, fixtures=args.fixtures, force=args.force, perturb_onnx=perturb,
+            precision=args.precision, parity_provider=args.parity_provider,
         )
     except ParityCheckFailed as exc:
         print(str(exc), file=sys.stderr)
@@ -201,7 +210,8 @@ def _validate_handler(args: argparse.Namespace) -> int:
         from reflex_ros.engine.types import ReflexError
 
         report = validate_export(
-            args.export_dir, threshold=args.threshold, strict=args.strict, fixtures=args.fixtures, seed=args.seed
+            args.export_dir, threshold=args.threshold, strict=args.strict, fixtures=args.fixtures, seed=args.seed,
+            provider=args.provider,
         )
     except ReflexError as exc:
         write_json({"export_dir": str(args.export_dir), "passed": False, "error": str(exc)})

@@ -63,11 +63,55 @@ _NP_DTYPES = {"float32": np.float32, "uint8": np.uint8, "int64": np.int64, "bool
 # --------------------------------------------------------------------------- providers (pure)
 
 
-def available_providers() -> list[str]:
-    """Execution providers this onnxruntime build offers (import deferred: cheap module)."""
+#: the TensorRT runtime library TensorRT-EP loads at session creation (10.x, then older sonames)
+TENSORRT_LIBRARIES: tuple[str, ...] = ("libnvinfer.so.10", "libnvinfer.so.8", "libnvinfer.so")
+
+
+def tensorrt_loadable() -> bool:
+    """Whether TensorRT's runtime library can be loaded. onnxruntime-gpu lists
+    TensorrtExecutionProvider whether or not TensorRT is installed (its libraries are not on
+    PyPI), and a session then fails at creation: a provider that cannot start is not
+    available."""
+    import ctypes
+
+    for name in TENSORRT_LIBRARIES:
+        try:
+            ctypes.CDLL(name)
+            return True
+        except OSError:
+            continue
+    return False
+
+
+_CUDA_PRELOADED: list[bool] = []
+
+
+def preload_cuda_libraries() -> None:
+    """Let onnxruntime-gpu find the CUDA and cuDNN libraries pip-installed beside it (the
+    nvidia-* wheels torch also uses): its providers dlopen them by soname at session creation,
+    and a venv's libraries are not on the loader path. Once per process; a failure is left
+    for session creation to report with its own message."""
+    if _CUDA_PRELOADED:
+        return
+    _CUDA_PRELOADED.append(True)
     import onnxruntime as ort
 
-    return list(ort.get_available_providers())
+    if hasattr(ort, "preload_dlls"):
+        try:
+            ort.preload_dlls(cuda=True, cudnn=True)
+        except Exception:  # noqa: BLE001 - session creation reports a missing library precisely
+            pass
+
+
+def available_providers() -> list[str]:
+    """Execution providers this onnxruntime build offers *and can start* here (import
+    deferred: cheap module): TensorRT only where its runtime library loads."""
+    import onnxruntime as ort
+
+    found = list(ort.get_available_providers())
+    if TRT in found and not tensorrt_loadable():
+        found.remove(TRT)
+    return found
 
 
 def resolve_provider(requested: str | None, available: Sequence[str]) -> str:
@@ -104,8 +148,19 @@ def provider_device(provider: str) -> str:
     return "cpu" if provider == CPU else "cuda"
 
 
-def check_engine_options(provider: str, dtype: str, cuda_graph: bool, available: Sequence[str]) -> None:
-    """Refuse option combinations the provider cannot honour, naming what would work."""
+def check_engine_options(provider: str, dtype: str, cuda_graph: bool, available: Sequence[str],
+                         export_precision: str = "fp32") -> None:
+    """Refuse option combinations the provider cannot honour, naming what would work.
+
+    ``dtype`` fp16 means fp16 kernels: TensorRT builds them from fp32 graphs; CUDA runs an
+    export whose graphs are fp16 (``reflex-ros export --precision fp16``). An fp16 export
+    needs a GPU provider (the CPU provider lacks fp16 kernels for most ops)."""
+    if export_precision == FP16:
+        if provider == CPU:
+            raise ProviderUnavailableError(
+                f"this export's graphs are fp16, which {CPU} cannot run; use CUDAExecutionProvider or "
+                f"TensorrtExecutionProvider (available: {', '.join(available)}), or an fp32 export")
+        return
     if dtype not in ONNX_PRECISIONS:
         raise ProviderUnavailableError(
             f"dtype {dtype!r} is not served by the ONNX engine: expected one of {', '.join(ONNX_PRECISIONS)} "
@@ -156,7 +211,9 @@ def provider_chain(
     values are strings, which every onnxruntime version parses ("1"/"0" for booleans).
     """
     dev = str(device_id)
-    cuda_opts: dict[str, str] = {"device_id": dev}
+    # use_tf32 0: fp32 graphs run fp32 GEMMs (TF32 would trade the export's verified parity for
+    # speed without anyone asking); fp16 exports are unaffected
+    cuda_opts: dict[str, str] = {"device_id": dev, "use_tf32": "0"}
     if cuda_graph:
         cuda_opts["enable_cuda_graph"] = "1"
     if provider == CPU:
@@ -225,6 +282,8 @@ class _Graph:
             opts.intra_op_num_threads = int(intra_op_threads)
         if cuda_graph:
             opts.enable_mem_pattern = False  # allocations must not move under a captured graph
+        if provider != CPU:
+            preload_cuda_libraries()
         try:
             self.session = ort.InferenceSession(str(path), opts, providers=chain)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
@@ -320,7 +379,8 @@ class OnnxEngine:
                           "re-export with --mode both")
         available = available_providers()
         self.provider = resolve_provider(provider, available)
-        check_engine_options(self.provider, dtype, cuda_graph, available)
+        dtype = FP16 if c.precision == FP16 else dtype
+        check_engine_options(self.provider, dtype, cuda_graph, available, c.precision)
         self.processor = b.processor()
         self._rng = np.random.default_rng(seed)
         self._lock = threading.Lock()

@@ -184,6 +184,7 @@ def run_parity(
     fixtures: int = DEFAULT_FIXTURES,
     seed: int = 0,
     layouts: tuple[str, ...] | None = None,
+    provider: str | None = None,
 ) -> ParityReport:
     """Run every fixture through each ONNX layout in ``export_dir`` and through ``model``.
 
@@ -204,7 +205,7 @@ def run_parity(
     reference = TorchEngine(model, processor, device="cpu", dtype="fp32", model_hash=bundle.model_hash)
     try:
         for layout in layouts or bundle.layouts:
-            engine = OnnxEngine(export_dir, provider=CPU, layout=layout, bundle=bundle)
+            engine = OnnxEngine(export_dir, provider=provider or CPU, layout=layout, bundle=bundle)
             try:
                 nfe = bundle.config.default_nfe_for(layout)
                 for fx in make_fixtures(processor, fixtures, seed):
