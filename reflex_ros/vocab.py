@@ -70,6 +70,18 @@ INSTRUCTION_TOPIC = "~/instruction"
 DIAGNOSTICS_TOPIC = "/diagnostics"
 JOINT_STATES_TOPIC = "/joint_states"
 DEFAULT_CAMERA_TOPIC = "/camera/front/image_raw"
+#: how chunks reach the controller: the ~/joint_trajectory topic, or FollowJointTrajectory goals
+OUTPUT_TOPIC, OUTPUT_ACTION = "topic", "action"
+OUTPUT_INTERFACES: tuple[str, ...] = (OUTPUT_TOPIC, OUTPUT_ACTION)
+#: ros2_control's joint_trajectory_controller and its action (<controller>/follow_joint_trajectory)
+DEFAULT_CONTROLLER = "joint_trajectory_controller"
+FOLLOW_JOINT_TRAJECTORY = "follow_joint_trajectory"
+
+
+def follow_joint_trajectory_action(controller: str) -> str:
+    """``arm_controller`` -> ``arm_controller/follow_joint_trajectory`` (relative names resolve in
+    the node's namespace; ``/arm_controller`` is absolute)."""
+    return f"{controller.rstrip('/')}/{FOLLOW_JOINT_TRAJECTORY}"
 
 # --------------------------------------------------------------------------- files
 

@@ -287,12 +287,13 @@ def test_sim_parameters_come_from_their_table():
         assert node.get_parameter("actuation_delay_ms").value == 80.0  # an integer, coerced
         for spec in SIM_PARAMS:
             desc = node.describe_parameter(spec.name)
-            assert desc.read_only == (spec.name != "actuation_delay_ms"), spec.name
+            assert desc.read_only == (spec.name not in ("actuation_delay_ms", "path_tolerance_rad")), spec.name
             if spec.bounds is not None and spec.kind is float:
                 rng = desc.floating_point_range[0]
                 assert (rng.from_value, rng.to_value) == spec.bounds
         assert node.set_parameters([Parameter("image_size", value=64)])[0].successful is False  # read-only
         assert node.set_parameters([Parameter("actuation_delay_ms", value=40.0)])[0].successful
+        assert node.set_parameters([Parameter("path_tolerance_rad", value=0.2)])[0].successful  # live too
     finally:
         node.destroy_node()
         rclpy.shutdown(context=context)

@@ -38,10 +38,13 @@ from reflex_ros.vocab import (
     ACTION_MODES,
     DEFAULT_CALIBRATION_CACHE,
     DEFAULT_CAMERA_TOPIC,
+    DEFAULT_CONTROLLER,
     ENGINES,
     FP32,
     JOINT_STATES_TOPIC,
     ONNX,
+    OUTPUT_INTERFACES,
+    OUTPUT_TOPIC,
     PRECISIONS,
 )
 
@@ -151,6 +154,14 @@ class ParamSpec:
         return None
 
 
+def _controller_rule(value: str) -> str | None:
+    name = value.strip("/")
+    if not name or any(not part or not (part[0].isalpha() or part[0] == "_") or
+                       not all(c.isalnum() or c == "_" for c in part) for part in name.split("/")):
+        return f"controller_name must be a ROS name such as joint_trajectory_controller, got {value!r}"
+    return None
+
+
 def _cfg_beta_rule(value: float) -> str | None:
     return None if value == 0.0 or value >= 1.0 else f"cfg_beta must be 0.0 (off) or >= 1.0, got {value}"
 
@@ -200,6 +211,14 @@ PARAMS: tuple[ParamSpec, ...] = (
               "camera topic as that type", ROBOT, reconfigure_only=True, choices=CAMERA_TYPE_CHOICES),
     ParamSpec("joint_states_topic", str, JOINT_STATES_TOPIC, "sensor_msgs/JointState topic (reliable QoS)", ROBOT,
               reconfigure_only=True),
+    ParamSpec("output_interface", str, OUTPUT_TOPIC, "How chunks reach the controller: topic = trajectory_msgs/"
+              "JointTrajectory on ~/joint_trajectory; action = each chunk is a control_msgs/FollowJointTrajectory "
+              "goal to <controller_name>/follow_joint_trajectory that preempts the previous goal (rejections, "
+              "aborts and tolerance violations are logged and counted in /diagnostics). ~/action_chunk is "
+              "published either way", ROBOT, reconfigure_only=True, choices=OUTPUT_INTERFACES),
+    ParamSpec("controller_name", str, DEFAULT_CONTROLLER, "The joint_trajectory_controller that receives the goals "
+              "when output_interface is action (a relative name resolves in the node's namespace)", ROBOT,
+              reconfigure_only=True, rule=_controller_rule, rule_text="a non-empty ROS name"),
     ParamSpec("action_mode", str, ABSOLUTE, "absolute joint positions, or deltas added to the observed state",
               ROBOT, reconfigure_only=True, choices=ACTION_MODES, embodiment_field="action_mode"),
     # --- control loop (live) ---

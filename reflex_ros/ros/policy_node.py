@@ -57,6 +57,7 @@ from reflex_ros.control.stats import LoopStats, diagnostic_status
 from reflex_ros.engine.types import ReflexError
 from reflex_ros.msg import ActionChunk
 from reflex_ros.ros import messages as M
+from reflex_ros.ros.action_output import GoalOutcomes, TrajectoryActionOutput
 from reflex_ros.ros.params import NODE_OPTIONS, declare_parameters, given_value, parameter_values
 from reflex_ros.ros.process import make_executor, parent_lifeline, ros_context, spin_until
 
@@ -80,6 +81,8 @@ class PolicyNode(LifecycleNode):
         self._traj_builder = M.TrajectoryBuilder()  # control-loop thread only
         self._finalized = threading.Event()
         self._held = False  # the ~/hold latch (the loop's copy stops the chunks)
+        self._action_out: Any = None  # TrajectoryActionOutput with output_interface:=action
+        self._goal_outcomes = GoalOutcomes()  # for the node's life, like stats
         embodiment, defaults = given_value(self, "embodiment"), {}
         if embodiment:
             try:
@@ -289,6 +292,8 @@ class PolicyNode(LifecycleNode):
         loop = self._loop
         self._traj_pub = self.create_lifecycle_publisher(JointTrajectory, vocab.TRAJECTORY_TOPIC, 10)
         self._chunk_pub = self.create_lifecycle_publisher(ActionChunk, vocab.ACTION_CHUNK_TOPIC, 10)
+        if values["output_interface"] == vocab.OUTPUT_ACTION:  # goals instead of the trajectory topic
+            self._action_out = TrajectoryActionOutput(self, values["controller_name"], self._goal_outcomes)
         for topic in values["camera_topics"]:  # Image, or CompressedImage for ".../compressed" (auto)
             camera_type = M.message_class(loop.assembler.camera_types[topic])
             self._subs.append(self.create_subscription(camera_type, topic, partial(loop.offer_camera, topic),
@@ -313,6 +318,9 @@ class PolicyNode(LifecycleNode):
             if pub is not None:
                 self.destroy_lifecycle_publisher(pub)
         self._traj_pub = self._chunk_pub = None
+        action_out, self._action_out = self._action_out, None
+        if action_out is not None:
+            action_out.destroy()
         if self._failure_timer is not None:
             self.destroy_timer(self._failure_timer)
             self._failure_timer = None
@@ -354,7 +362,10 @@ class PolicyNode(LifecycleNode):
         safe = self._gate(plan.positions)
         if safe is not plan.positions and not (safe == plan.positions).all():
             plan = dataclasses.replace(plan, positions=safe, velocities=finite_differences(safe, plan.dt_s))
-        self._traj_pub.publish(self._traj_builder.serialized(plan, names))
+        if self._action_out is not None:  # a FollowJointTrajectory goal preempting the previous one
+            self._action_out.send(M.trajectory_msg(plan, names))
+        else:
+            self._traj_pub.publish(self._traj_builder.serialized(plan, names))
         self._chunk_pub.publish(M.action_chunk_msg(
             plan, names, latency_compensation_ms=s.latency_compensation_ms,
             inference_ms=float(result.timings_ms.get("total", inference_ms)), nfe=result.nfe,
@@ -363,7 +374,11 @@ class PolicyNode(LifecycleNode):
     def _send_hold(self, positions: Any, dt_ns: int) -> Any:
         """Publish a hold-position trajectory (through the gate); returns what was sent."""
         safe = self._gate(positions)
-        self._traj_pub.publish(M.hold_trajectory_msg(safe, self._loop.assembler.joint_names, dt_ns))
+        hold = M.hold_trajectory_msg(safe, self._loop.assembler.joint_names, dt_ns)
+        if self._action_out is not None:
+            self._action_out.send(hold)
+        else:
+            self._traj_pub.publish(hold)
         return safe
 
     def _publish_hold(self) -> bool:
@@ -434,6 +449,11 @@ class PolicyNode(LifecycleNode):
                 values.update(input_values)
                 if starving and label == "active" and level == "OK":
                     level, message = "WARN", "input starving: " + "; ".join(starving)
+            if self._action_out is not None:  # goals: counts, and WARN after a rejection/abort/violation
+                values.update(self._action_out.values())
+                problem = self._goal_outcomes.recent_problem()
+                if problem and label == "active" and level == "OK":
+                    level, message = "WARN", f"trajectory action: {problem}"
             self._diag_pub.publish(M.build_diagnostic_array(
                 stamp_ns=self.get_clock().now().nanoseconds, node_name=self.get_name(),
                 hardware_id=info.model_hash if info is not None else "none", level=level, message=message,

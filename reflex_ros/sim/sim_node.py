@@ -45,7 +45,12 @@ from reflex_ros.ros.process import ros_context, spin_until
 from reflex_ros.ros.runner import node_topic
 from reflex_ros.sim.arm import DEFAULT_CAMERA, ArmRenderer, SimArm
 from reflex_ros.sim.delay_line import CommandDelayLine
-from reflex_ros.vocab import JOINT_STATES_TOPIC, TRAJECTORY_TOPIC
+from reflex_ros.vocab import (
+    DEFAULT_CONTROLLER,
+    JOINT_STATES_TOPIC,
+    TRAJECTORY_TOPIC,
+    follow_joint_trajectory_action,
+)
 
 NODE_NAME = "so101_sim"
 DEFAULT_TRAJECTORY_TOPIC = node_topic(TRAJECTORY_TOPIC)  # the policy node's
@@ -69,6 +74,16 @@ SIM_PARAMS: tuple[ParamSpec, ...] = (
               "JointTrajectory input topic (executed like ros2_control JTC)", read_only=True),
     ParamSpec("actuation_delay_ms", float, 0.0, "delay between the executor's command and the actuators "
               "(bus/servo lag); live", bounds=(0.0, 2000.0)),
+    ParamSpec("action_controller", str, DEFAULT_CONTROLLER, "serve <action_controller>/follow_joint_trajectory "
+              "(control_msgs/FollowJointTrajectory) like a joint_trajectory_controller; empty = no action server",
+              read_only=True),
+    ParamSpec("path_tolerance_rad", float, 0.0, "default path tolerance of action goals: |measured - desired| "
+              "beyond it aborts the goal (PATH_TOLERANCE_VIOLATED); 0 = not checked; live", bounds=(0.0, 10.0)),
+    ParamSpec("goal_tolerance_rad", float, 0.0, "default goal tolerance of action goals at the trajectory's end; "
+              "0 = not checked", read_only=True, bounds=(0.0, 10.0)),
+    ParamSpec("goal_time_tolerance_s", float, 0.0, "how long after the end a goal may take to get within the goal "
+              "tolerance before it aborts (GOAL_TOLERANCE_VIOLATED); 0 = forever", read_only=True,
+              bounds=(0.0, 60.0)),
     ParamSpec("open_loop_control", bool, False, "start each new trajectory from the last command instead of the "
               "measured state (JTC open_loop_control)", read_only=True),
     ParamSpec("defer_future_trajectories", bool, False, "a future-stamped trajectory waits for its stamp while the "
@@ -93,6 +108,11 @@ class SimStats:
     frames_skipped: int = 0  # camera ticks whose snapshot was replaced before rendering
     trajectories_accepted: int = 0
     trajectories_rejected: int = 0
+    goals_accepted: int = 0
+    goals_rejected: int = 0
+    goals_succeeded: int = 0
+    goals_aborted: int = 0
+    goals_canceled: int = 0  # preempted by a newer goal, or on request
     realtime_jumps: int = 0
 
 
@@ -171,6 +191,16 @@ class SimNode(Node):
         self._traj_sub = self.create_subscription(
             JointTrajectory, p["trajectory_topic"], self._on_trajectory, reliable
         )
+        self._path_tolerance = p["path_tolerance_rad"]
+        self._action = None
+        if p["action_controller"]:
+            from reflex_ros.sim.jtc_action import JtcActionServer
+
+            self._action = JtcActionServer(
+                self, follow_joint_trajectory_action(p["action_controller"]), lock=self._lock,
+                executor=self._executor, measured=lambda: self.arm.state().positions, now_ns=self.sim_now_ns,
+                open_loop=self._open_loop, path_tolerance=lambda: self._path_tolerance,
+                goal_tolerance=p["goal_tolerance_rad"], goal_time_s=p["goal_time_tolerance_s"], stats=self.stats)
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
         self._stop = threading.Event()
@@ -183,7 +213,9 @@ class SimNode(Node):
             f"{image_topic} {self._image_size}x{self._image_size} rgb8 at {p['camera_rate_hz']:g} Hz; "
             f"trajectories from {p['trajectory_topic']} "
             f"({'deferred until their stamp' if p['defer_future_trajectories'] else 'take over on arrival'}"
-            f"{', open loop' if p['open_loop_control'] else ''}); actuation delay {p['actuation_delay_ms']:g} ms; "
+            f"{', open loop' if p['open_loop_control'] else ''})"
+            + (f" and goals on {self.resolve_topic_name(self._action.action_name)}" if self._action else "")
+            + f"; actuation delay {p['actuation_delay_ms']:g} ms; "
             + (f"sim time on /clock at {self._rtf:g}x real time" if self._publish_clock else "real time")
         )
 
@@ -194,6 +226,9 @@ class SimNode(Node):
                 with self._lock:
                     self._delay.delay_ns = int(round(float(param.value) * 1e6))
                 self.get_logger().info(f"actuation delay now {float(param.value):g} ms")
+            elif param.name == "path_tolerance_rad":
+                self._path_tolerance = float(param.value)
+                self.get_logger().info(f"default path tolerance of action goals now {self._path_tolerance:g} rad")
         return SetParametersResult(successful=True)
 
     # ---------------------------------------------------------------- time
@@ -364,7 +399,9 @@ def run_sim(ros_args: list[str] | None = None, duration_s: float | None = None) 
             print(
                 f"[{NODE_NAME}] stopped: {s.steps} physics steps, {s.joint_states} joint states, "
                 f"{s.frames} frames ({s.frames_skipped} camera ticks skipped), trajectories "
-                f"{s.trajectories_accepted} accepted / {s.trajectories_rejected} rejected, "
+                f"{s.trajectories_accepted} accepted / {s.trajectories_rejected} rejected, goals "
+                f"{s.goals_accepted} accepted / {s.goals_rejected} rejected / {s.goals_succeeded} succeeded / "
+                f"{s.goals_aborted} aborted / {s.goals_canceled} canceled, "
                 f"{s.realtime_jumps} real-time jumps",
                 flush=True,
             )
