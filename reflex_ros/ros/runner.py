@@ -337,7 +337,16 @@ def register(subparsers: Any) -> None:
                "    --camera observation.images.top=/cam/top/image_raw \\\n"
                "    --camera observation.images.wrist=/cam/wrist/image_raw --instruction 'pick up the cube'\n"
                "A checkpoint's cameras are matched by name, never by position: every image feature of the "
-               "policy needs a --camera (LeRobot's empty cameras excepted).",
+               "policy needs a --camera (LeRobot's empty cameras excepted).\n\n"
+               "compressed cameras (sensor_msgs/CompressedImage, JPEG or PNG): give the image_transport topic,\n"
+               "  --camera observation.images.top=/cam/top/image_raw/compressed\n"
+               "  (a topic ending in /compressed is read as CompressedImage; camera_message_type overrides)\n\n"
+               "FollowJointTrajectory goals instead of the ~/joint_trajectory topic:\n"
+               "  reflex-ros run EXPORT --embodiment so100 --output-interface action --controller arm_controller\n"
+               "  (goals go to arm_controller/follow_joint_trajectory; each preempts the previous one)\n\n"
+               "Fast DDS: the node runs with reflex_ros's config/fastdds.xml (camera frames over shared memory)\n"
+               "unless FASTDDS_DEFAULT_PROFILES_FILE / FASTRTPS_DEFAULT_PROFILES_FILE is set; start the camera\n"
+               "driver with FASTDDS_DEFAULT_PROFILES_FILE pointing at the same file.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("export_dir", help="export directory (reflex-ros export --output DIR)")
     parser.add_argument("--embodiment", default=None, help="embodiment preset (franka, so100, ur5) or yaml path")
@@ -349,6 +358,12 @@ def register(subparsers: Any) -> None:
                              "observation.images.top) from TOPIC; repeat per camera. Sets camera_names and "
                              "camera_topics in this order")
     parser.add_argument("--instruction", default=None, help="the language instruction (sets instruction)")
+    parser.add_argument("--output-interface", choices=("topic", "action"), default=None,
+                        help="topic: trajectory_msgs/JointTrajectory on ~/joint_trajectory (default); action: each "
+                             "chunk as a control_msgs/FollowJointTrajectory goal (sets output_interface)")
+    parser.add_argument("--controller", default=None, metavar="NAME",
+                        help="the joint_trajectory_controller receiving the goals with --output-interface action "
+                             "(sets controller_name; default joint_trajectory_controller)")
     parser.add_argument("--node-name", default=DEFAULT_NODE_NAME, help="node name (default %(default)s)")
     parser.add_argument("--namespace", default="", help="node namespace")
     parser.add_argument("--ros-args", dest="ros_args", nargs=argparse.REMAINDER, default=[],
@@ -379,6 +394,10 @@ def _run(args: argparse.Namespace) -> int:
         parameters["camera_topics"] = [topic for _, _, topic in pairs]
     if args.instruction is not None:
         parameters["instruction"] = args.instruction
+    if args.output_interface is not None:
+        parameters["output_interface"] = args.output_interface
+    if args.controller is not None:
+        parameters["controller_name"] = args.controller
     node = PolicyNodeProcess(
         export_dir, embodiment=args.embodiment, params_file=params_file,
         auto_calibrate=True if args.auto_calibrate else None, node_name=args.node_name,
