@@ -160,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"usable here: {available_providers()}; torch {torch.__version__} on {torch.cuda.get_device_name()}")
     for export in args.exports:
+        if not Path(export, "reflex_config.json").is_file():
+            print(f"\n== {export}: no export there (its export step failed above); skipped")
+            continue
         print(f"\n== {export} (nfe {args.nfe}, {args.iters} timed after {args.warmup}; ms per chunk, host arrays "
               "in -> host actions out; cos/maxabs: worst of 3 seeded fixtures vs torch fp32 eager)")
         print(f"{'path':<30}{'p50':>9}{'p99':>9}{'prep':>8}{'prefix':>9}{'denoise':>9}{'cos fp32':>11}{'maxabs':>10}")

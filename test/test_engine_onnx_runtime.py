@@ -404,3 +404,27 @@ def test_tensorrt_is_available_only_where_its_runtime_loads(monkeypatch) -> None
     monkeypatch.setattr(rt, "TENSORRT_LIBRARIES", ("libnvinfer_that_does_not_exist.so.99",))
     assert rt.available_providers() == [CUDA, CPU]
     assert resolve_provider(None, rt.available_providers()) == CUDA
+
+
+def test_pinned_batch_sessions_compute_what_the_dynamic_one_does(decomposed, tiny_export: Path) -> None:
+    """CUDA-graph mode gives each batch size its own session with the dynamic batch axis
+    pinned (onnxruntime captures only all-GPU graphs; a symbolic batch leaves the shape
+    arithmetic on the CPU). Checked here on the CPU provider: pinned sessions per batch, the
+    same chunks as the one dynamic session, with and without CFG."""
+    from reflex_ros.engine.onnx_runtime import _Graph
+
+    obs, noise = _obs(decomposed, seed=3), _noise(decomposed, seed=3)
+    want = [decomposed.infer(obs, nfe=4, noise=noise).actions, decomposed.infer(obs, nfe=4, cfg_beta=2.0, noise=noise).actions]
+    engine = load_engine(tiny_export)
+    try:
+        for role, graph in list(engine._graphs.items()):
+            engine._graphs[role] = _Graph(graph.path, graph.inputs, graph.outputs, provider=CPU, chain=[(CPU, {})],
+                                          device_id=0, cuda_graph=True, intra_op_threads=None, err=ExportError)
+        got = [engine.infer(obs, nfe=4, noise=noise).actions, engine.infer(obs, nfe=4, cfg_beta=2.0, noise=noise).actions]
+        prefix = engine._graphs["prefix"]
+        assert sorted(prefix._sessions) == [1, 2]  # one pinned session per batch size
+        assert prefix._sessions[1] is not prefix._sessions[2]
+    finally:
+        engine.close()
+    for a, b in zip(got, want, strict=True):
+        assert np.abs(a - b).max() <= STRICT

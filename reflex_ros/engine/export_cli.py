@@ -82,7 +82,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     exp.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
                      help="graph precision: fp32 (default; TensorRT builds fp16 from it) or fp16 (for ONNX "
                           "Runtime's CUDA provider; inputs/outputs stay float32; parity needs a GPU: "
-                          "--parity-provider cuda; default threshold 5e-2)")
+                          "--parity-provider cuda; gate: cos >= 0.999 per chunk and max_abs <= 0.5)")
     exp.add_argument("--parity-provider", default=None,
                      help="execution provider the parity check runs the graphs on (default CPU; cuda for fp16)")
     exp.add_argument("--strict", action="store_true", help="parity threshold 1e-5 instead of 1e-4")

@@ -252,15 +252,21 @@ def default_trt_cache_dir(model_hash: str) -> Path:
 class _Binding:
     """Static buffers for one graph at one batch size, bound once and reused every call."""
 
-    def __init__(self, session: Any, io_binding: Any, values: dict[str, Any], graph_id: int | None):
+    def __init__(self, session: Any, io_binding: Any, values: dict[str, Any]):
         self.session = session
         self.io_binding = io_binding
         self.values = values  # name -> OrtValue (inputs and outputs)
-        self.graph_id = graph_id
 
 
 class _Graph:
-    """One ONNX file as an onnxruntime session, run through IO binding on static buffers."""
+    """One ONNX file as onnxruntime session(s), run through IO binding on static buffers.
+
+    With ``cuda_graph`` each batch size gets its own session in which the graph's dynamic
+    batch axis is pinned (``add_free_dimension_override_by_name``): onnxruntime captures a
+    CUDA graph only when every node runs on the CUDA provider, and with a symbolic batch the
+    shape arithmetic (Shape/Gather/Concat feeding Reshape) is placed on the CPU. Pinned, the
+    shapes are constants and fold away. Without ``cuda_graph`` one session serves every batch.
+    """
 
     def __init__(self, path: Path, inputs: list[TensorSpec], outputs: list[TensorSpec], *, provider: str,
                  chain: list[tuple[str, dict[str, str]]], device_id: int, cuda_graph: bool,
@@ -271,32 +277,50 @@ class _Graph:
         self.path = path
         self.inputs = inputs
         self.outputs = outputs
+        self.provider = provider
+        self.chain = chain
         self.device = provider_device(provider)
         self.device_id = device_id
         self.cuda_graph = cuda_graph
+        self.intra_op_threads = intra_op_threads
+        self._err = err
         self.runs = 0
         self._bindings: dict[int, _Binding] = {}
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3  # warnings about unused initializers etc. are noise here
-        if intra_op_threads:
-            opts.intra_op_num_threads = int(intra_op_threads)
-        if cuda_graph:
-            opts.enable_mem_pattern = False  # allocations must not move under a captured graph
+        self._sessions: dict[int | None, Any] = {}
         if provider != CPU:
             preload_cuda_libraries()
+        # fail at construction, not at the first chunk: the batch-1 (or shared) session now
+        self.session = self._session(1)
+
+    def _session(self, batch: int) -> Any:
+        key = batch if self.cuda_graph else None
+        if key in self._sessions:
+            return self._sessions[key]
+        ort = self._ort
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3  # warnings about unused initializers etc. are noise here
+        if self.intra_op_threads:
+            opts.intra_op_num_threads = int(self.intra_op_threads)
+        if self.cuda_graph:
+            opts.enable_mem_pattern = False  # allocations must not move under a captured graph
+            symbols = {d for _, _, shape in (*self.inputs, *self.outputs) for d in shape if isinstance(d, str)}
+            for symbol in sorted(symbols):
+                opts.add_free_dimension_override_by_name(symbol, int(batch))
         try:
-            self.session = ort.InferenceSession(str(path), opts, providers=chain)
+            session = ort.InferenceSession(str(self.path), opts, providers=self.chain)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
-            raise err(
-                f"onnxruntime could not load {path} with {provider} ({type(exc).__name__}: "
+            raise self._err(
+                f"onnxruntime could not load {self.path} with {self.provider} ({type(exc).__name__}: "
                 f"{str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r})"
             ) from None
-        got = self.session.get_providers()
-        if not got or got[0] != provider:  # onnxruntime falls back to CPU with only a warning
+        got = session.get_providers()
+        if not got or got[0] != self.provider:  # onnxruntime falls back to CPU with only a warning
             raise ProviderUnavailableError(
-                f"{provider} failed to initialise for {path.name} (onnxruntime fell back to {got}); "
+                f"{self.provider} failed to initialise for {self.path.name} (onnxruntime fell back to {got}); "
                 f"check the CUDA/TensorRT libraries, or pass provider='{CPU}'"
             )
+        self._sessions[key] = session
+        return session
 
     def binding(self, batch: int, shared: dict[str, Any] | None = None) -> _Binding:
         """The static buffers for ``batch`` (created on first use); ``shared`` binds inputs to
@@ -304,7 +328,8 @@ class _Graph:
         if batch in self._bindings:
             return self._bindings[batch]
         ort = self._ort
-        io = self.session.io_binding()
+        session = self._session(batch)
+        io = session.io_binding()
         values: dict[str, Any] = {}
         for specs, bind in ((self.inputs, io.bind_ortvalue_input), (self.outputs, io.bind_ortvalue_output)):
             for name, dtype, shape in specs:
@@ -315,8 +340,7 @@ class _Graph:
                     value = ort.OrtValue.ortvalue_from_shape_and_type(dims, _NP_DTYPES[dtype], self.device, self.device_id)
                 values[name] = value
                 bind(name, value)
-        graph_id = batch if self.cuda_graph else None
-        self._bindings[batch] = _Binding(self.session, io, values, graph_id)
+        self._bindings[batch] = _Binding(session, io, values)
         return self._bindings[batch]
 
     def run(self, binding: _Binding, feeds: dict[str, np.ndarray]) -> None:
@@ -324,10 +348,7 @@ class _Graph:
         try:
             for name, array in feeds.items():
                 binding.values[name].update_inplace(np.ascontiguousarray(array))
-            run_options = self._ort.RunOptions()
-            if binding.graph_id is not None:  # one captured CUDA graph per batch size
-                run_options.add_run_config_entry("gpu_graph_id", str(binding.graph_id))
-            self.session.run_with_iobinding(binding.io_binding, run_options)
+            binding.session.run_with_iobinding(binding.io_binding, self._ort.RunOptions())
         except Exception as exc:
             raise ReflexError(
                 f"onnxruntime failed running {self.path.name} on {self.device} "

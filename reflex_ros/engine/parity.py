@@ -49,6 +49,8 @@ class FixtureResult:
     max_abs_diff: float
     mean_abs_diff: float
     passed: bool
+    #: cosine of the whole chunk against the reference (what an fp16 export is held to)
+    cos: float = 1.0
 
 
 @dataclass
@@ -58,6 +60,8 @@ class ParityReport:
     threshold: float
     results: list[FixtureResult] = field(default_factory=list)
     export_dir: str | None = None
+    #: also require this cosine per chunk (fp16 graphs: rounding, not bugs, sets max_abs)
+    min_cos: float | None = None
 
     @property
     def max_abs_diff_across_all(self) -> float:
@@ -107,6 +111,9 @@ class ParityReport:
         lines.append("Summary")
         lines.append(f"{'max_abs_diff_across_all':<25}{self.max_abs_diff_across_all:.2e}")
         lines.append(f"{'threshold':<25}{self.threshold:.0e}")
+        if self.min_cos is not None:
+            worst = min((r.cos for r in self.results), default=0.0)
+            lines.append(f"{'min_cos (required)':<25}{worst:.6f} (>= {self.min_cos:g})")
         lines.append(f"{'passed':<25}{'PASS' if self.passed else 'FAIL'}")
         return "\n".join(lines)
 
@@ -168,6 +175,13 @@ def make_fixtures(processor: Any, count: int = DEFAULT_FIXTURES, seed: int = 0) 
     return out
 
 
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine of two chunks flattened (0 when either is all zeros or non-finite)."""
+    x, y = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+    denom = float(np.linalg.norm(x) * np.linalg.norm(y))
+    return float(x @ y / denom) if denom > 0 and np.isfinite(denom) else 0.0
+
+
 def compare(onnx_actions: np.ndarray, torch_actions: np.ndarray) -> tuple[float, float]:
     """(max_abs_diff, mean_abs_diff); NaN anywhere counts as an infinite difference."""
     diff = np.abs(np.asarray(onnx_actions, np.float64) - np.asarray(torch_actions, np.float64))
@@ -185,6 +199,7 @@ def run_parity(
     seed: int = 0,
     layouts: tuple[str, ...] | None = None,
     provider: str | None = None,
+    min_cos: float | None = None,
 ) -> ParityReport:
     """Run every fixture through each ONNX layout in ``export_dir`` and through ``model``.
 
@@ -200,7 +215,7 @@ def run_parity(
     from reflex_ros.vocab import CPU, MONOLITHIC
 
     bundle = load_bundle(export_dir)
-    report = ParityReport(threshold=threshold, export_dir=str(export_dir))
+    report = ParityReport(threshold=threshold, export_dir=str(export_dir), min_cos=min_cos)
     processor = bundle.processor()
     reference = TorchEngine(model, processor, device="cpu", dtype="fp32", model_hash=bundle.model_hash)
     try:
@@ -213,8 +228,10 @@ def run_parity(
                     got = engine.infer(fx.obs, nfe=nfe, cfg_beta=cfg_beta, noise=fx.noise).actions
                     want = reference.infer(fx.obs, nfe=nfe, cfg_beta=cfg_beta, noise=fx.noise).actions
                     max_abs, mean_abs = compare(got, want)
+                    cos = cosine(got, want)
+                    ok = max_abs <= threshold and (min_cos is None or cos >= min_cos)
                     report.results.append(
-                        FixtureResult(layout, fx.idx, nfe, cfg_beta, max_abs, mean_abs, max_abs <= threshold)
+                        FixtureResult(layout, fx.idx, nfe, cfg_beta, max_abs, mean_abs, ok, cos)
                     )
             finally:
                 engine.close()
