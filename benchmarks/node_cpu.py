@@ -145,17 +145,18 @@ def main(argv: list[str] | None = None) -> int:
             js = JointState(name=JOINTS, position=[0.0] * 6)
             clock = bench.get_clock()
             period = 1.0 / args.joint_rate_hz
-            every = max(1, round(args.joint_rate_hz / args.camera_rate_hz))
-            next_t, k = time.monotonic(), 0
+            ratio = args.camera_rate_hz / args.joint_rate_hz  # a frame whenever k * ratio passes an integer
+            next_t, k, n_frames = time.monotonic(), 0, 0
             while not stop.is_set():
                 stamp = time_msg(clock.now().nanoseconds)
                 js.header.stamp = stamp
                 js_pub.publish(js)
-                if k % every == 0:
+                if int(k * ratio) >= n_frames:
                     for i, pub in enumerate(cam_pubs):
-                        msg = msgs[(k // every + i) % len(msgs)]
+                        msg = msgs[(n_frames + i) % len(msgs)]
                         msg.header.stamp = stamp
                         pub.publish(msg)
+                    n_frames += 1
                 k += 1
                 next_t += period
                 stop.wait(max(0.0, next_t - time.monotonic()))
