@@ -37,6 +37,8 @@ from reflex_ros.engine.bundle import (
     load_bundle,
 )
 from reflex_ros.engine.types import (
+    GUIDE_INPAINT,
+    ChunkGuide,
     ChunkResult,
     EngineInfo,
     ExportError,
@@ -439,6 +441,11 @@ class OnnxEngine:
             optional_cameras=c.optional_cameras,
             action_width=c.action_width,
             state_dim=c.state_dim,
+            # real-time chunking without gradients: the decomposed loop steps x in numpy, so the
+            # gradient-free inpainting runs between the expert calls; the exact guidance would need
+            # a VJP graph of the expert (not exported); the monolithic graph has no loop to steer
+            guide_modes=(GUIDE_INPAINT,) if self.layout == DECOMPOSED and hasattr(self.processor, "normalize_actions")
+            else (),
             extra={
                 "layout": self.layout,
                 "export_dir": str(b.export_dir),
@@ -466,18 +473,29 @@ class OnnxEngine:
         nfe: int | None = None,
         cfg_beta: float | None = None,
         noise: np.ndarray | None = None,
+        guide: ChunkGuide | None = None,
     ) -> ChunkResult:
-        """One action chunk. See :class:`reflex_ros.engine.types.Engine`."""
+        """One action chunk. See :class:`reflex_ros.engine.types.Engine`. ``guide`` (real-time
+        chunking) must be mode ``inpaint``: the gradient-free variant, applied to every Euler
+        step's velocity between the expert calls."""
         if self._closed:
             raise ReflexError("OnnxEngine is closed; create a new engine with load_engine(export_dir)")
         nfe = self._check_request(nfe, cfg_beta)
+        steer = None
+        if guide is not None:
+            from reflex_ros.engine.schedule import check_guide, guide_arrays, inpaint_guide
+
+            info = self.info
+            check_guide(guide, info.guide_modes, info.chunk_size, info.action_dim)
+            steer = inpaint_guide(*guide_arrays(guide, self.processor.normalize_actions, info.chunk_size,
+                                                info.action_width, info.action_dim))
         with self._lock:
             noise = self._noise(noise)
             t0 = time.perf_counter()
             inputs = self.processor.prepare(obs, cfg_beta)
             t1 = time.perf_counter()
             if self.layout == DECOMPOSED:
-                x, t2 = self._infer_decomposed(inputs, noise, nfe, cfg_beta)
+                x, t2 = self._infer_decomposed(inputs, noise, nfe, cfg_beta, steer)
             else:
                 x, t2 = self._infer_monolithic(inputs, noise), t1
             actions = self.processor.postprocess(np.asarray(x).reshape(self.info.chunk_size, -1))
@@ -534,7 +552,7 @@ class OnnxEngine:
         return make_noise(self._rng, c, w) if noise is None else validate_noise(noise, c, w)
 
     def _infer_decomposed(self, inputs: dict[str, np.ndarray], noise: np.ndarray, nfe: int,
-                          cfg_beta: float | None) -> tuple[np.ndarray, float]:
+                          cfg_beta: float | None, guide: Any = None) -> tuple[np.ndarray, float]:
         from reflex_ros.engine.schedule import euler_loop
 
         prefix, expert = self._graphs["prefix"], self._graphs["expert"]
@@ -554,7 +572,7 @@ class OnnxEngine:
             expert.run(eb, {X_T: xb, TIME: np.full((batch,), t_i, dtype=np.float32)})
             return expert.fetch(eb, V_T)
 
-        return euler_loop(velocity, noise, nfe, cfg_beta), t_prefix
+        return euler_loop(velocity, noise, nfe, cfg_beta, guide), t_prefix
 
     def _infer_monolithic(self, inputs: dict[str, np.ndarray], noise: np.ndarray) -> np.ndarray:
         model = self._graphs["model"]

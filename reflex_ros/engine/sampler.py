@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from reflex_ros.engine.schedule import check_cfg_beta, euler_loop, euler_schedule
+from reflex_ros.engine.schedule import Guide, check_cfg_beta, euler_loop, euler_schedule, guidance_weight
 
 
 def denoise(
@@ -27,6 +27,7 @@ def denoise(
     nfe: int,
     cfg_beta: float | torch.Tensor | None = None,
     expert_inputs: Mapping[str, torch.Tensor] | None = None,
+    guide: Guide | None = None,
 ) -> torch.Tensor:
     """Integrate from ``noise`` [1, C, W] (t=1) to actions (t=0) in ``nfe`` Euler steps.
 
@@ -34,7 +35,8 @@ def denoise(
     velocity, not the accumulated trajectory. ``cfg_beta`` may be a 0-d tensor (the CUDA
     graph keeps it in a static buffer so changing beta needs no re-capture). A model may
     offer ``step_context(prefix_mask)``: per-chunk constants of its velocity (RoPE tables,
-    the expanded mask) computed once here instead of at every step.
+    the expanded mask) computed once here instead of at every step. ``guide``: real-time
+    chunking (:func:`vjp_guide`, ``schedule.inpaint_guide``).
     """
     batch = prefix_mask.shape[0]
     kwargs: dict[str, Any] = dict(expert_inputs or {})
@@ -46,7 +48,36 @@ def denoise(
         xb = x.expand(batch, -1, -1) if batch > 1 else x
         return model.velocity(xb, t, kv, prefix_mask, **kwargs).to(torch.float32)
 
-    return euler_loop(velocity, noise.to(torch.float32), nfe, cfg_beta)
+    return euler_loop(velocity, noise.to(torch.float32), nfe, cfg_beta, guide)
+
+
+def vjp_guide(target: torch.Tensor, weights: torch.Tensor, max_weight: float | torch.Tensor) -> Guide:
+    """Real-time chunking's exact guidance (``schedule``'s derivation; the paper's Eq. 2 in
+    our time convention) as a :data:`~reflex_ros.engine.schedule.Guide`: at each step
+
+        x1 = x - t v(x),   v_g = v - min(beta, c inv_r2) * J^T [W (Y - x1)],   J = dx1/dx
+
+    with J^T e = e - t (dv/dx)^T e computed by one vector-Jacobian product through the model.
+    The step runs under ``torch.enable_grad`` (everything else under ``no_grad``: autograd
+    refuses inference-mode tensors, so a guided inference must not run in
+    ``torch.inference_mode``); the model's parameters never require grad, only x does.
+    ``target``/``weights`` [1, C, W] fp32 in the model's action space, ``max_weight`` a float
+    or a 0-d tensor (CUDA graph: static buffers refilled before each replay).
+
+    Note LeRobot's ``RTCProcessor.denoise_step`` computes ``v`` before ``x`` requires grad,
+    so its "VJP" is the identity (J = I): it guides with ``W (Y - x1)`` alone.
+    """
+
+    def guide(x: torch.Tensor, t_i: float, velocity_at: Any) -> torch.Tensor:
+        with torch.enable_grad():
+            xr = x.detach().requires_grad_(True)
+            v = velocity_at(xr)
+            x1 = xr - t_i * v
+            err = ((target - x1) * weights).detach()
+            (correction,) = torch.autograd.grad(x1, xr, err)
+        return v.detach() - guidance_weight(t_i, max_weight) * correction
+
+    return guide
 
 
 def sample_actions(

@@ -32,10 +32,23 @@ import torch
 
 from reflex_ros.engine.capture_cache import CaptureCache, GraphKey, graph_key
 from reflex_ros.engine.precision import dtype_name, resolve_dtype
-from reflex_ros.engine.sampler import denoise
-from reflex_ros.engine.schedule import check_cfg_beta, check_nfe, make_noise, validate_noise
+from reflex_ros.engine.sampler import denoise, vjp_guide
+from reflex_ros.engine.schedule import (
+    cfg_combine,
+    check_cfg_beta,
+    check_guide,
+    check_nfe,
+    euler_schedule,
+    guide_arrays,
+    inpaint_guide,
+    make_noise,
+    validate_noise,
+)
 from reflex_ros.engine.types import (
     ANY_NFE,
+    GUIDE_GUIDED,
+    GUIDE_INPAINT,
+    ChunkGuide,
     ChunkResult,
     EngineInfo,
     Observation,
@@ -44,6 +57,35 @@ from reflex_ros.engine.types import (
 )
 
 _TORCH_DTYPES = {"float32": torch.float32, "uint8": torch.uint8, "int64": torch.int64, "bool": torch.bool}
+#: static buffers of a guided plan (real-time chunking): target and weights [1, C, W], beta
+GUIDE_TARGET, GUIDE_WEIGHTS, GUIDE_MAX = "guide_target", "guide_weights", "guide_max"
+
+
+class _GuidedEulerOps:
+    """A fast path's ops with ``euler`` steered by a gradient-free guide (``inpaint``).
+
+    The fused fast paths (reference and LeRobot) call ``ops.euler(x, v, dt, beta)`` once per
+    step, in schedule order, after their velocity; this proxy stands in for their ``ops``
+    while one denoise runs (in a capture: the guidance becomes part of the graph), combines
+    CFG itself and applies the guide to the combined velocity. Only the inpainting guide can
+    run here: the exact guidance needs a VJP through the model, which fused kernels lack."""
+
+    def __init__(self, ops: Any, guide: Callable[..., torch.Tensor], nfe: int) -> None:
+        self._ops = ops
+        self._guide = guide
+        self._times = [t for t, _ in euler_schedule(nfe)]
+        self._step = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ops, name)
+
+    def euler(self, x: torch.Tensor, v: torch.Tensor, dt: float, beta: torch.Tensor | None) -> None:
+        t = self._times[self._step]
+        self._step += 1
+        vf = v.to(torch.float32).view(-1, *x.shape[1:])
+        if beta is not None:
+            vf = cfg_combine(vf[0:1], vf[1:2], beta)
+        x.copy_(x + dt * self._guide(x, t, lambda _: vf))
 
 
 def resolve_device(device: str | torch.device, cuda_graph: bool) -> torch.device:
@@ -77,6 +119,7 @@ class GraphRunner:
     run_denoise: Callable[[Any], torch.Tensor]
     fused: Any = None
     keep: list = field(default_factory=list)  # static state both stages use (fused K/V buffers)
+    guide_mode: str | None = None  # real-time chunking: guided / inpaint plans have guide buffers
 
     def stage(self, name: str, arr: np.ndarray) -> np.ndarray:
         """``arr`` as its static buffer takes it (CFG shared inputs: the first slot)."""
@@ -188,6 +231,10 @@ class TorchEngine:
         )
         self._rng = np.random.default_rng(seed)
         self.graphs: CaptureCache[GraphPlan] = CaptureCache(self._capture, max_entries=max_graphs)
+        # real-time chunking plans, one cache per guide mode (their denoise graph steers x)
+        self.guided_graphs: dict[str, CaptureCache[GraphPlan]] = {
+            mode: CaptureCache(lambda key, mode=mode: self._capture(key, mode), max_entries=max(1, max_graphs // 2))
+            for mode in (GUIDE_GUIDED, GUIDE_INPAINT)}
         p = processor
         params = sum(t.numel() for t in self.model.parameters())
         info_extra = {"device": str(self.device), "params": str(params), **(extra or {})}
@@ -213,6 +260,7 @@ class TorchEngine:
             optional_cameras=tuple(getattr(p, "optional_cameras", ())),
             action_width=p.action_width,
             state_dim=int(p.state_dim or 0),
+            guide_modes=(GUIDE_GUIDED, GUIDE_INPAINT) if hasattr(p, "normalize_actions") else (),
         )
 
     # -- public API ------------------------------------------------------------------------
@@ -223,7 +271,12 @@ class TorchEngine:
         nfe: int | None = None,
         cfg_beta: float | None = None,
         noise: np.ndarray | None = None,
+        guide: ChunkGuide | None = None,
     ) -> ChunkResult:
+        """One chunk (the Engine protocol). ``guide``: real-time chunking, ``guided`` (the exact
+        guidance: a VJP through the model per step; on the CUDA-graph path the model's own
+        code is captured, not the fused fast path) or ``inpaint`` (gradient-free; inside the
+        fused graph when there is one)."""
         self._live_model()
         clock = _StageClock(self.device)
         t_start = time.perf_counter()
@@ -232,14 +285,21 @@ class TorchEngine:
         if beta is not None and not self.processor.supports_cfg:
             raise ReflexError(f"this {self.info.model_type or 'model'} does not support CFG (cfg_beta={cfg_beta})")
         c, w = self.info.chunk_size, self.info.action_width
+        if guide is not None:
+            check_guide(guide, self.info.guide_modes, c, self.info.action_dim)
         arrays = self.processor.prepare(obs, beta)
         arrays["noise"] = validate_noise(noise, c, w) if noise is not None else make_noise(self._rng, c, w)
+        if guide is not None:
+            arrays[GUIDE_TARGET], arrays[GUIDE_WEIGHTS] = guide_arrays(
+                guide, self.processor.normalize_actions, c, w, self.info.action_dim)
         host_ms = (time.perf_counter() - t_start) * 1e3
-        with torch.inference_mode():
+        # autograd refuses inference-mode tensors: the exact guidance runs under no_grad (its
+        # step enables grad for the VJP); everything else under inference_mode as always
+        with torch.no_grad() if guide is not None else torch.inference_mode():
             if self.cuda_graph:
-                x = self._run_graph(arrays, nfe, beta, clock)
+                x = self._run_graph(arrays, nfe, beta, clock, guide)
             else:
-                x = self._run_eager(arrays, nfe, beta, clock)
+                x = self._run_eager(arrays, nfe, beta, clock, guide)
         t_post = time.perf_counter()
         actions = self.processor.postprocess(x.reshape(c, w))
         post_ms = (time.perf_counter() - t_post) * 1e3
@@ -274,6 +334,8 @@ class TorchEngine:
         """Drop graphs and buffers, keep nothing on the device; the model object stays the
         caller's (parity hands a model it goes on using)."""
         self.graphs.clear()
+        for cache in self.guided_graphs.values():
+            cache.clear()
         self.model = None
         self.fused = None
 
@@ -285,7 +347,8 @@ class TorchEngine:
             torch.cuda.empty_cache()
 
     # -- eager -----------------------------------------------------------------------------
-    def _run_eager(self, arrays: dict[str, np.ndarray], nfe: int, beta: float | None, clock: _StageClock) -> np.ndarray:
+    def _run_eager(self, arrays: dict[str, np.ndarray], nfe: int, beta: float | None, clock: _StageClock,
+                   guide: ChunkGuide | None = None) -> np.ndarray:
         model = self._live_model()
         dev = self.device
         clock.mark()
@@ -294,7 +357,11 @@ class TorchEngine:
         clock.mark()
         kv, mask = model.prefix(**{n: t[n] for n in model.prefix_input_names})
         clock.mark()
-        x = denoise(model, kv, mask, t["noise"], nfe, beta, {n: t[n] for n in model.expert_input_names})
+        steer = None
+        if guide is not None:
+            steer = (vjp_guide(t[GUIDE_TARGET], t[GUIDE_WEIGHTS], float(guide.max_weight))
+                     if guide.mode == GUIDE_GUIDED else inpaint_guide(t[GUIDE_TARGET], t[GUIDE_WEIGHTS]))
+        x = denoise(model, kv, mask, t["noise"], nfe, beta, {n: t[n] for n in model.expert_input_names}, steer)
         out = x[0].to("cpu")  # synchronizes
         clock.mark()
         if clock.cuda:
@@ -302,14 +369,18 @@ class TorchEngine:
         return out.numpy()
 
     # -- CUDA graph ------------------------------------------------------------------------
-    def _run_graph(self, arrays: dict[str, np.ndarray], nfe: int, beta: float | None, clock: _StageClock) -> np.ndarray:
-        plan = self.graphs.get(graph_key(nfe, self.info.chunk_size, beta))
+    def _run_graph(self, arrays: dict[str, np.ndarray], nfe: int, beta: float | None, clock: _StageClock,
+                   guide: ChunkGuide | None = None) -> np.ndarray:
+        key = graph_key(nfe, self.info.chunk_size, beta)
+        plan = self.graphs.get(key) if guide is None else self.guided_graphs[guide.mode].get(key)
         clock.mark()
         for name, arr in arrays.items():
             plan.host[name].numpy()[...] = plan.runner.stage(name, arr)
             plan.inputs[name].copy_(plan.host[name], non_blocking=True)
         if beta is not None:
             plan.inputs["beta"].fill_(beta)
+        if guide is not None:
+            plan.inputs[GUIDE_MAX].fill_(float(guide.max_weight))
         clock.mark()
         plan.prefix_graph.replay()
         clock.mark()
@@ -324,10 +395,12 @@ class TorchEngine:
         Inside a captured graph this is one cast kernel per float input."""
         return {k: v.to(self.dtype) if v.is_floating_point() and k != "noise" else v for k, v in tensors.items()}
 
-    def _static_inputs(self, key: GraphKey, shared_batch: int, shared: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    def _static_inputs(self, key: GraphKey, shared_batch: int, shared: tuple[str, ...],
+                       guided: bool = False) -> dict[str, torch.Tensor]:
         """Zeroed device buffers of every processor output in the processor's dtypes (staged
-        from numpy through pinned host buffers), plus noise and beta; bool masks start True
-        so a warm-up replay attends to something."""
+        from numpy through pinned host buffers), plus noise and beta (and a guided plan's
+        target, weights and max weight); bool masks start True so a warm-up replay attends
+        to something."""
         dev, B = self.device, key.batch
         out: dict[str, torch.Tensor] = {}
         for name, dtype, shape in self.processor.input_specs():
@@ -336,17 +409,32 @@ class TorchEngine:
             out[name] = torch.full(dims, fill, dtype=_TORCH_DTYPES[dtype], device=dev)
         out["noise"] = torch.zeros((1, key.chunk_size, self.info.action_width), dtype=torch.float32, device=dev)
         out["beta"] = torch.ones((), dtype=torch.float32, device=dev)
+        if guided:
+            out[GUIDE_TARGET] = torch.zeros_like(out["noise"])
+            out[GUIDE_WEIGHTS] = torch.zeros_like(out["noise"])
+            out[GUIDE_MAX] = torch.ones((), dtype=torch.float32, device=dev)
         return out
 
-    def build_runner(self, key: GraphKey) -> GraphRunner:
-        """Static inputs and the prefix/denoise stage functions of one plan (no capture)."""
+    def build_runner(self, key: GraphKey, guide_mode: str | None = None) -> GraphRunner:
+        """Static inputs and the prefix/denoise stage functions of one plan (no capture).
+
+        ``guide_mode`` (real-time chunking): the denoise steers x with the guide buffers.
+        ``inpaint`` runs inside the fused path when there is one (its ``euler`` steered);
+        ``guided`` needs autograd through the velocity, so it runs the model's own code."""
         model = self._live_model()
         if key.chunk_size != self.info.chunk_size:
             raise ValueError(f"chunk_size {key.chunk_size} != model chunk_size {self.info.chunk_size}")
-        fused = self.fused
+        fused = self.fused if guide_mode != GUIDE_GUIDED else None
         shared = tuple(getattr(fused, "shared_inputs", ())) if (fused is not None and key.cfg) else ()
-        inp = self._static_inputs(key, 1, shared)
+        inp = self._static_inputs(key, 1, shared, guided=guide_mode is not None)
         beta = inp["beta"] if key.cfg else None
+        steer = None
+        if guide_mode == GUIDE_GUIDED:
+            steer = vjp_guide(inp[GUIDE_TARGET], inp[GUIDE_WEIGHTS], inp[GUIDE_MAX])
+        elif guide_mode == GUIDE_INPAINT:
+            steer = inpaint_guide(inp[GUIDE_TARGET], inp[GUIDE_WEIGHTS])
+        elif guide_mode is not None:
+            raise ValueError(f"unknown guide mode {guide_mode!r}")
         if fused is not None:
             buf = fused.allocate(key.batch, key.nfe)
             names = tuple(n for n, _, _ in self.processor.input_specs())
@@ -355,9 +443,15 @@ class TorchEngine:
                 fused.prefix(buf, **{n: inp[n] for n in names})  # the fast path casts itself
 
             def fused_denoise(_: Any) -> torch.Tensor:
-                return fused.denoise(buf, inp["noise"], beta)
+                if steer is None:
+                    return fused.denoise(buf, inp["noise"], beta)
+                ops, fused.ops = fused.ops, _GuidedEulerOps(fused.ops, steer, key.nfe)
+                try:
+                    return fused.denoise(buf, inp["noise"], beta)
+                finally:
+                    fused.ops = ops
 
-            return GraphRunner(key, inp, fused_prefix, fused_denoise, fused, keep=[buf])
+            return GraphRunner(key, inp, fused_prefix, fused_denoise, fused, keep=[buf], guide_mode=guide_mode)
 
         def run_prefix() -> tuple[list[torch.Tensor], torch.Tensor]:
             t = self._model_inputs({n: inp[n] for n in model.prefix_input_names})
@@ -365,15 +459,17 @@ class TorchEngine:
 
         def run_denoise(kv: tuple[list[torch.Tensor], torch.Tensor]) -> torch.Tensor:
             extra = self._model_inputs({n: inp[n] for n in model.expert_input_names})
-            return denoise(model, kv[0], kv[1], inp["noise"], key.nfe, beta, extra)
+            return denoise(model, kv[0], kv[1], inp["noise"], key.nfe, beta, extra, steer)
 
-        return GraphRunner(key, inp, run_prefix, run_denoise)
+        return GraphRunner(key, inp, run_prefix, run_denoise, guide_mode=guide_mode)
 
-    def _capture(self, key: GraphKey) -> GraphPlan:
+    def _capture(self, key: GraphKey, guide_mode: str | None = None) -> GraphPlan:
         """Warm up on a side stream (lazy inits, cuBLAS/SDPA heuristics, Triton JIT), then
-        capture the prefix and the unrolled NFE loop into two graphs sharing one memory pool."""
-        runner = self.build_runner(key)
-        with torch.inference_mode():
+        capture the prefix and the unrolled NFE loop into two graphs sharing one memory pool.
+        A guided plan's VJPs are captured too (autograd under capture; no_grad around it,
+        since autograd refuses inference-mode tensors): still one replay of each graph."""
+        runner = self.build_runner(key, guide_mode)
+        with torch.no_grad() if guide_mode is not None else torch.inference_mode():
             side = torch.cuda.Stream(device=self.device)
             side.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(side):
@@ -389,7 +485,8 @@ class TorchEngine:
             with torch.cuda.graph(denoise_graph, pool=pool):
                 actions = runner.run_denoise(kv)
         inp = runner.inputs
-        host = {k: torch.empty(v.shape, dtype=v.dtype, pin_memory=True) for k, v in inp.items() if k != "beta"}
+        host = {k: torch.empty(v.shape, dtype=v.dtype, pin_memory=True) for k, v in inp.items()
+                if k not in ("beta", GUIDE_MAX)}
         actions_host = torch.empty(actions.shape, dtype=actions.dtype, pin_memory=True)
         keep = [kv] if kv is not None else []
         return GraphPlan(key, inp, host, prefix_graph, denoise_graph, actions, actions_host, keep=keep, runner=runner)

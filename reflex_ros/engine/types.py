@@ -80,6 +80,41 @@ class ChunkResult:
     cfg_beta: float | None = None
 
 
+#: how a :class:`ChunkGuide` steers the denoising (``rtc_mode``): ``guided`` is real-time
+#: chunking's exact guidance (a vector-Jacobian product through the model per step; torch
+#: only), ``inpaint`` the gradient-free variant (the predicted clean chunk's weighted rows
+#: pulled to the target; any decomposed engine)
+GUIDE_GUIDED, GUIDE_INPAINT = "guided", "inpaint"
+GUIDE_MODES: tuple[str, ...] = (GUIDE_GUIDED, GUIDE_INPAINT)
+#: prefix weight schedules of real-time chunking (LeRobot's RTCAttentionSchedule, lowercase)
+GUIDE_SCHEDULES: tuple[str, ...] = ("zeros", "ones", "linear", "exp")
+
+
+@dataclass(frozen=True)
+class ChunkGuide:
+    """Real-time chunking (arXiv 2506.07339): steer a new chunk towards what is already
+    being executed while it is denoised.
+
+    target: ``(rows, action_dim)`` the previous chunk's leftover in the robot's action space
+        (what ``postprocess`` returns), aligned to the new chunk's rows: ``target[i]`` is what
+        the robot is commanded at the new chunk's row-``i`` time. ``rows <= chunk_size``; the
+        engine normalizes it into the model's action space (``Processor.normalize_actions``).
+    delay: d, the rows executed before the new chunk can take over: weight 1 (frozen).
+    horizon: the rows ``>= horizon`` are not guided (clamped to ``rows``).
+    schedule: the weights of rows ``d .. horizon-1``: zeros (none), ones (1), linear
+        (1 -> 0) or exp (LeRobot's exponential decay).
+    max_weight: beta, the cap of the guidance weight ``min(beta, c * inv_r2)`` (guided mode).
+    mode: ``guided`` (exact, a VJP per step) or ``inpaint`` (gradient-free).
+    """
+
+    target: np.ndarray
+    delay: int
+    horizon: int
+    schedule: str = "linear"
+    max_weight: float = 10.0
+    mode: str = GUIDE_GUIDED
+
+
 @dataclass
 class EngineInfo:
     """What an engine is and what it can do; shown in diagnostics and used by the resolver."""
@@ -108,6 +143,8 @@ class EngineInfo:
     #: the exact state length the model needs (a LeRobot policy normalizes per joint), or 0:
     #: any length up to ``max_state_dim``, zero-padded
     state_dim: int = 0
+    #: the :class:`ChunkGuide` modes ``infer(..., guide=)`` accepts (empty: none)
+    guide_modes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.camera_names:
@@ -129,10 +166,13 @@ class Engine(Protocol):
         nfe: int | None = None,
         cfg_beta: float | None = None,
         noise: np.ndarray | None = None,
+        guide: ChunkGuide | None = None,
     ) -> ChunkResult:
         """Compute one chunk. ``nfe`` must be in ``info.supported_nfe``; ``cfg_beta`` None
         means no guidance, otherwise it must be >= 1. ``noise`` (chunk_size, action_width)
-        float32 makes the call deterministic (parity checks, replay, predict)."""
+        float32 makes the call deterministic (parity checks, replay, predict). ``guide``
+        steers the chunk towards the one being executed (real-time chunking); its mode must
+        be in ``info.guide_modes``."""
         ...
 
     def close(self) -> None:

@@ -70,6 +70,11 @@ class Processor(Protocol):
         """Sampler output ``(chunk_size, action_width)`` -> ``(chunk_size, action_dim)`` float32."""
         ...
 
+    def normalize_actions(self, actions: np.ndarray) -> np.ndarray:
+        """The inverse of :meth:`postprocess`: robot actions ``(rows, action_dim)`` -> the
+        sampler's space ``(rows, action_width)`` float32 (real-time chunking's target)."""
+        ...
+
 
 class PolicyModel(Protocol):
     """The torch model of a family (an ``nn.Module``) as the engine and the exporter use it."""

@@ -65,6 +65,9 @@ class ObservationProcessor:
     def postprocess(self, x: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(self.inner.postprocess(x), dtype=np.float32)
 
+    def normalize_actions(self, actions: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(self.inner.normalize_actions(actions), dtype=np.float32)
+
 
 def _stats_json(stats: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, dict[str, list]]:
     return {key: {name: np.asarray(v, dtype=np.float32).tolist() for name, v in sorted(d.items())}

@@ -249,3 +249,14 @@ class LeRobotProcessor:
                 f"expected (..., {self.spec.chunk_size}, {self.spec.max_action_dim}) from the sampler, got {x.shape}"
             )
         return self.action_normalizer.unnormalize(x[..., : self.spec.action_dim])
+
+    def normalize_actions(self, actions: np.ndarray) -> np.ndarray:
+        """The inverse of :meth:`postprocess`: ``(..., rows, action_dim)`` robot actions ->
+        the model's space ``(..., rows, max_action_dim)`` float32 (normalized as LeRobot's
+        preprocessor normalizes training actions, zero-padded like ``pad_vector``)."""
+        a = np.asarray(actions, dtype=np.float32)
+        if a.ndim < 2 or a.shape[-1] != self.spec.action_dim:
+            raise ObservationError(f"actions must have shape (..., rows, {self.spec.action_dim}), got {a.shape}")
+        out = np.zeros((*a.shape[:-1], self.spec.max_action_dim), dtype=np.float32)
+        out[..., : self.spec.action_dim] = self.action_normalizer.normalize(a)
+        return out

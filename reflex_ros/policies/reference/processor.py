@@ -77,6 +77,14 @@ class ReferenceProcessor:
         """The reference model's actions are already what the robot gets."""
         return np.ascontiguousarray(np.asarray(x, dtype=np.float32).reshape(self.chunk_size, self.action_dim))
 
+    def normalize_actions(self, actions: np.ndarray) -> np.ndarray:
+        """The inverse of :meth:`postprocess` for ``(rows, action_dim)`` robot actions: the
+        identity (the reference model samples the robot's actions directly)."""
+        a = np.asarray(actions, dtype=np.float32)
+        if a.ndim != 2 or a.shape[1] != self.action_dim:
+            raise ObservationError(f"actions must have shape (rows, {self.action_dim}), got {a.shape}")
+        return np.ascontiguousarray(a)
+
 
 def prepare_inputs(obs: Observation, cfg: PolicyConfig, cfg_beta: float | None = None) -> dict[str, np.ndarray]:
     """:meth:`ReferenceProcessor.prepare` for a config (tests, bench)."""
