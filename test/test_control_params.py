@@ -33,7 +33,10 @@ def test_generated_yaml_pins_nothing_an_embodiment_or_the_calibrator_supplies() 
 @pytest.mark.parametrize(
     ("name", "value", "reason"),
     [("engine", "tensorflow", "engine must be one of"), ("dtype", "fp64", "dtype must be one of"),
-     ("chunk_strategy", "blend", "chunk_strategy must be one of ('replace',)"),
+     ("chunk_strategy", "ensemble", "chunk_strategy must be one of ('replace', 'blend', 'rtc')"),
+     ("rtc_mode", "exact", "rtc_mode must be one of ('guided', 'inpaint')"),
+     ("rtc_prefix_attention_schedule", "cosine", "one of ('zeros', 'ones', 'linear', 'exp')"),
+     ("blend_window_steps", -1, "within [0, 1000]"),
      ("joint_names", ["a", "a"], "duplicates"), ("camera_topics", [""], "non-empty"),
      ("max_delta_per_step", [0.1, -0.1], "> 0"), ("position_lower", [0.0, float("nan")], "finite"),
      ("cfg_beta", 0.99, "0.0 (off) or >= 1.0"), ("control_frequency_hz", 0.01, "within [0.1, 1000.0]")],
@@ -59,7 +62,7 @@ def test_consistency_rules_name_the_parameter() -> None:
 def test_settings_snapshot_has_every_parameter_and_is_immutable() -> None:
     values = {s.name: s.default for s in P.PARAMS}
     s = P.Settings(values)
-    assert s.camera_topics == ("/camera/front/image_raw",) and s.chunk_strategy == "replace"
+    assert s.camera_topics == ("/camera/front/image_raw",) and s.chunk_strategy == P.DEFAULT_STRATEGY
     with pytest.raises(AttributeError):
         s.nfe = 4
     t = s.replace({"nfe": 4, "position_lower": [0.0, 1.0]})

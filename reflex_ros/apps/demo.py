@@ -309,6 +309,11 @@ def _run(
     node_params: dict[str, Any] = {"calibration_cache": str(cache_path), "instruction": args.instruction}
     try:
         node_params.update(_parse_params(args.policy_param))
+        # the node plans chunk boundaries for the controller it drives: the sim's takeover rule
+        defer = bool(_parse_params([p for p in sim_params + args.sim_param
+                                    if p.startswith("defer_future_trajectories:=")] or
+                                   ["defer_future_trajectories:=false"]).get("defer_future_trajectories"))
+        node_params.setdefault("defer_future_trajectories", defer)
     except ValueError as exc:
         console.line(f"reflex-ros demo: {exc}")
         return 2
@@ -395,6 +400,7 @@ def _run(
         cache_path=cache_path,
         cache_entry=_cache_entry(cache_path, model_hash),
         real_time_factor=args.real_time_factor,
+        defer_future_trajectories=defer,
     )
     summary["sim_exit_code"] = sim_code
     summary["wall_s"] = time.monotonic() - wall_t0

@@ -16,6 +16,11 @@ Definitions, and why:
   separates "the arm lags" from "the arm goes elsewhere".
 * limits: every published point (trajectories and chunks) against the embodiment's limits;
   chunk data is float32 on the wire, hence a tolerance of 1e-5 rad.
+* chunk boundaries (:class:`reflex_ros.control.handover.HandoverStats`, the numbers the node's
+  /diagnostics reports too): at every replan the new minus the old commanded position (and
+  velocity) at the takeover, p50/p95/max of the worst joint and p95 per joint; the commanded
+  jerk (RMS of the third difference of the command sampled every control period, / dt^3); the
+  command as the controller executes it (received trajectories, deferred or not as the sim).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from reflex_ros.calibration.actuation_lag import estimate_actuation_lag_ms
+from reflex_ros.control.handover import HandoverStats
 from reflex_ros.control.jtc import commanded_series
 
 LIMIT_TOLERANCE = 1e-5
@@ -157,6 +163,28 @@ def tracking(rec: LoopRecording, max_lag_ms: float) -> dict[str, Any]:
     return out
 
 
+def boundaries(rec: LoopRecording, control_frequency_hz: float, defer: bool) -> dict[str, Any]:
+    """The chunk-boundary numbers of the recording (module docstring): chunk trajectories in
+    arrival order; a hold (one point, stamp 0) ends what was executing, so the next chunk is
+    not a replan. (Tracking error: :func:`tracking`.)"""
+    stats = HandoverStats(rec.joint_names, defer, window=1_000_000)
+    dt_ns = round(1e9 / control_frequency_hz)
+    ordered = sorted(rec.trajectories, key=lambda r: r.recv_ns)
+    for t in ordered:
+        if len(t.positions) == 1 and t.start_ns == 0:
+            stats.reset()
+            continue
+        dt = int(t.offsets_ns[1] - t.offsets_ns[0]) if len(t.offsets_ns) > 1 else dt_ns
+        stats.on_trajectory(t.start_ns, t.offsets_ns, t.positions, t.recv_ns, dt)
+    if ordered:
+        last = ordered[-1]
+        stats.flush(int((last.start_ns or last.recv_ns) + last.offsets_ns[-1]))
+    out = stats.summary()
+    out.pop("tracking_rms_rad", None)
+    out.pop("tracking_rms_per_joint_rad", None)
+    return out
+
+
 def summarize(
     rec: LoopRecording,
     *,
@@ -170,6 +198,7 @@ def summarize(
     cache_path: Path | None = None,
     cache_entry: dict[str, Any] | None = None,
     real_time_factor: float = 1.0,
+    defer_future_trajectories: bool = True,
 ) -> dict[str, Any]:
     """All the numbers of the demo's summary table, JSON-ready.
 
@@ -196,6 +225,7 @@ def summarize(
     inf_p50 = percentile(inference, 50)
     learned = chunks[-1].latency_compensation_ms if chunks else None
     track = tracking(rec, max_lag_ms=max(300.0, injected_delay_ms + 250.0))
+    bounds = boundaries(rec, freq, defer_future_trajectories)
     return {
         "duration_s": duration_s,
         "injected_delay_ms": injected_delay_ms,
@@ -227,6 +257,19 @@ def summarize(
         ),
         "real_time_factor": real_time_factor,
         **track,
+        "chunk_strategy": diag.get("chunk_strategy"),
+        "anchor_to_command": diag.get("anchor_to_command"),
+        "replans": bounds["replans"],
+        "boundary_jump_p50_rad": bounds["jump_pos_p50_rad"],
+        "boundary_jump_p95_rad": bounds["jump_pos_p95_rad"],
+        "boundary_jump_max_rad": bounds["jump_pos_max_rad"],
+        "boundary_velocity_jump_p50_rad_s": bounds["jump_vel_p50_rad_s"],
+        "boundary_velocity_jump_p95_rad_s": bounds["jump_vel_p95_rad_s"],
+        "boundary_velocity_jump_max_rad_s": bounds["jump_vel_max_rad_s"],
+        "boundary_per_joint": {"position_rad": bounds["jump_pos_per_joint_rad"],
+                               "velocity_rad_s": bounds["jump_vel_per_joint_rad_s"]},
+        "commanded_jerk_rms_rad_s3": bounds["jerk_rms_rad_s3"],
+        "commanded_jerk_rms_per_joint_rad_s3": bounds["jerk_rms_per_joint_rad_s3"],
         **limit_check(rec, lower, upper),
         "joint_states": len(rec.meas_t_ns),
         "images": rec.images,
@@ -279,6 +322,19 @@ def _tracking(s: dict[str, Any]) -> str:
     return text
 
 
+def _boundaries(s: dict[str, Any]) -> tuple[str, str, str]:
+    """(jumps, per joint p95, jerk) lines of the table."""
+    if not s.get("replans"):
+        return "n/a (no replan recorded)", "n/a", "n/a"
+    jumps = (f"position p50 {s['boundary_jump_p50_rad']:.4f} / p95 {s['boundary_jump_p95_rad']:.4f} / max "
+             f"{s['boundary_jump_max_rad']:.4f} rad, velocity p95 {s['boundary_velocity_jump_p95_rad_s']:.3f} rad/s "
+             f"(worst joint, {s['replans']} replans)")
+    per = s["boundary_per_joint"]
+    joints = "n/a" if not per["position_rad"] else " ".join(f"{v:.4f}" for v in per["position_rad"]["p95"]) + " rad"
+    jerk = "n/a" if s["commanded_jerk_rms_rad_s3"] is None else f"RMS {s['commanded_jerk_rms_rad_s3']:.1f} rad/s^3"
+    return jumps, joints, jerk
+
+
 def _limits(s: dict[str, Any]) -> str:
     text = f"{s['points_checked']} published points, {s['points_outside']} outside"
     if s["points_outside"]:
@@ -310,6 +366,12 @@ def format_table(s: dict[str, Any]) -> str:
                             f"{_ms(s['injected_delay_ms'], 0)} = {_ms(s['loop_inference_plus_delay_ms'])}"),
         ("", f"end to end: {_end_to_end(s)}"),
         ("tracking error", _tracking(s)),
+        ("chunk strategy", f"{s.get('chunk_strategy') or 'n/a'}"
+                           + ("" if s.get("anchor_to_command") is None else
+                              f", anchored to the command: {s['anchor_to_command']}")),
+        ("boundary jump", _boundaries(s)[0]),
+        ("  p95 per joint", _boundaries(s)[1]),
+        ("commanded jerk", _boundaries(s)[2]),
         ("joint limits (so100)", _limits(s)),
         ("calibration cache", _cache(s)),
     ]  # fmt: skip

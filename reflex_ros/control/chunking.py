@@ -18,6 +18,7 @@ last check on every trajectory the node sends, holds included.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -207,6 +208,9 @@ def plan_chunk(
     chunk_size: int | None = None,
     joint_names: list[str] | tuple[str, ...] | None = None,
     state_tolerance: float | None = None,
+    anchor: np.ndarray | None = None,
+    anchor_steps: int | None = None,
+    transform: Callable[[np.ndarray, int, int], np.ndarray] | None = None,
 ) -> PlannedChunk:
     """Latency-compensate, convert, clamp and stamp one chunk.
 
@@ -215,6 +219,11 @@ def plan_chunk(
     chunk_size: use only the first rows (None or 0 = all) before skipping.
     state_tolerance: ``state_limit_tolerance_rad``; a state beyond the limits by more (see
         :func:`state_fault`) refuses the chunk (None: no such check, for offline tools).
+    anchor, anchor_steps: a chunk strategy's anchoring (``strategies/base.py``): the first point
+        is rate-limited against ``anchor`` (the command being executed at the takeover),
+        ``anchor_steps`` steps' worth, instead of against the observed state.
+    transform: ``(absolute targets (n, J), stamp_ns, dt_ns) -> targets``, applied before the
+        limits (a strategy's cross-fade).
 
     The first point may move at most ``max(k, 1)`` steps' worth of ``max_delta_per_step``
     from the observed state (k*dt elapses between the observation and that point); every
@@ -264,11 +273,20 @@ def plan_chunk(
     targets = joint_actions[k:]
     if action_mode == DELTA:
         targets = targets + obs_state[None, :]
+    if transform is not None:
+        targets = np.asarray(transform(targets, int(obs_stamp_ns) + k * dt_ns, dt_ns), dtype=np.float64)
+        if targets.shape != (rows - k, n_joints) or not np.all(np.isfinite(targets)):
+            raise ChunkError(f"the chunk strategy's targets have shape {targets.shape} or non-finite values; "
+                             "chunk refused")
 
     lo, hi, dmax = limits.position_lower, limits.position_upper, limits.max_delta_per_step
     clipped = np.clip(targets, lo, hi)
     n_pos = int(np.count_nonzero(clipped != targets))
-    limited, n_delta = rate_limit(clipped, obs_state, dmax, first_step_scale=max(k, 1))
+    if anchor is not None:
+        start, scale = np.asarray(anchor, dtype=np.float64).reshape(-1), max(1, int(anchor_steps or 1))
+    else:
+        start, scale = obs_state, max(k, 1)
+    limited, n_delta = rate_limit(clipped, start, dmax, first_step_scale=scale)
     # Only a state observed outside the limits can leave a rate-limited point outside them;
     # clipping is 1-Lipschitz, so the steps between points stay within the step limit.
     out = np.clip(limited, lo, hi)

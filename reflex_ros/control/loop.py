@@ -40,7 +40,7 @@ from reflex_ros.control.chunking import ChunkError, PlannedChunk, SafetyLimits, 
 from reflex_ros.control.jtc import TimedTrajectory, TrajectoryExecutor
 from reflex_ros.control.observation import AssembledObservation, ObservationAssembler, StampError, StateFault
 from reflex_ros.control.params import Settings, check_all
-from reflex_ros.control.strategies import ChunkRequest, ChunkStrategy, make_strategy
+from reflex_ros.control.strategies import ChunkRequest, ChunkStrategy, GuideRequest, make_strategy
 from reflex_ros.engine.types import ChunkResult, Engine, Observation, ObservationError, ReflexError
 
 LOG_THROTTLE_S = 2.0
@@ -430,7 +430,12 @@ class ControlLoop:
 
         t_infer = time.perf_counter()
         try:
-            result = self.engine.infer(assembled.observation, nfe=s.nfe or None, cfg_beta=s.cfg_beta or None)
+            # real-time chunking: the strategy may steer the inference towards what is executing
+            guide = self.strategy.guide(GuideRequest(assembled.observation.state, assembled.stamp_ns, t_start, s,
+                                                     self.limits, self.assembler.joint_names, self.engine.info))
+            steer = {"guide": guide} if guide is not None else {}
+            result = self.engine.infer(assembled.observation, nfe=s.nfe or None, cfg_beta=s.cfg_beta or None,
+                                       **steer)
         except ObservationError as exc:
             self._reject("observation", exc)
             return None

@@ -33,6 +33,7 @@ from reflex_ros.control.chunking import skipped_steps
 from reflex_ros.control.embodiment import Embodiment
 from reflex_ros.control.inputs import AUTO_CAMERA_TYPE, CAMERA_TYPE_CHOICES
 from reflex_ros.control.strategies import DEFAULT_STRATEGY, STRATEGIES
+from reflex_ros.engine.types import GUIDE_GUIDED, GUIDE_MODES, GUIDE_SCHEDULES
 from reflex_ros.vocab import (
     ABSOLUTE,
     ACTION_MODES,
@@ -166,9 +167,9 @@ def _cfg_beta_rule(value: float) -> str | None:
     return None if value == 0.0 or value >= 1.0 else f"cfg_beta must be 0.0 (off) or >= 1.0, got {value}"
 
 
-SERVE, ROBOT, LOOP, SAFETY, OBSERVE, CALIBRATE = (
-    "what to serve", "robot interface", "control loop (live)", "safety (live)", "observations (live)",
-    "auto-calibration")
+SERVE, ROBOT, LOOP, BOUNDARY, SAFETY, OBSERVE, CALIBRATE = (
+    "what to serve", "robot interface", "control loop (live)", "chunk boundaries (live)", "safety (live)",
+    "observations (live)", "auto-calibration")
 
 PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("export_dir", str, "", "Export directory written by `reflex-ros export` (reflex_config.json + "
@@ -190,7 +191,11 @@ PARAMS: tuple[ParamSpec, ...] = (
               "for joint names, limits, rates and chunking. Explicit parameters override it; empty = none (then "
               "set those parameters yourself)", SERVE, reconfigure_only=True),
     ParamSpec("chunk_strategy", str, DEFAULT_STRATEGY, "How a new chunk becomes the published trajectory: replace "
-              "= it replaces the one being executed", SERVE, reconfigure_only=True, choices=tuple(STRATEGIES)),
+              "= it replaces the one being executed; blend = it is cross-faded in from the command being executed "
+              "over blend_window_steps; rtc = real-time chunking: the model is steered while it denoises towards "
+              "the command being executed (rtc_* parameters; the first ceil(latency_compensation_ms / dt) rows "
+              "frozen). Every strategy anchors the new trajectory to the command being executed "
+              "(anchor_to_command)", SERVE, reconfigure_only=True, choices=tuple(STRATEGIES)),
     # --- robot interface ---
     ParamSpec("joint_names", "str[]", None, "Joints the first action dims drive, in order; the state is read "
               "from JointState BY NAME in this order", ROBOT, reconfigure_only=True, unique=True, nonempty=True,
@@ -221,6 +226,12 @@ PARAMS: tuple[ParamSpec, ...] = (
               reconfigure_only=True, rule=_controller_rule, rule_text="a non-empty ROS name"),
     ParamSpec("action_mode", str, ABSOLUTE, "absolute joint positions, or deltas added to the observed state",
               ROBOT, reconfigure_only=True, choices=ACTION_MODES, embodiment_field="action_mode"),
+    ParamSpec("defer_future_trajectories", bool, False, "How the controller takes over a new trajectory: true = "
+              "it defers a future-stamped trajectory until its stamp while the active one keeps running "
+              "(ros2_controllers' trajectory deferral, ROS 1 JTC, the demo's sim), so a chunk takes over at its "
+              "stamp; false = on arrival (Humble/Jazzy JTC; give it interpolate_from_desired_state, "
+              "open_loop_control on Humble, so it continues from its last command). Anchoring and the chunk "
+              "strategies plan for that takeover", ROBOT, reconfigure_only=True),
     # --- control loop (live) ---
     ParamSpec("control_frequency_hz", float, 30.0, "Robot control rate [Hz]; trajectory points are dt = "
               "1/control_frequency_hz apart", LOOP, bounds=(0.1, 1000.0), embodiment_field="control_frequency_hz"),
@@ -241,6 +252,27 @@ PARAMS: tuple[ParamSpec, ...] = (
               embodiment_field="latency_compensation_ms", calibrated=True),
     ParamSpec("instruction", str, "", "Language instruction (the ~/instruction topic, std_msgs/String, sets it "
               "too)", LOOP),
+    # --- chunk boundaries (live) ---
+    ParamSpec("anchor_to_command", bool, True, "Anchoring (every chunk_strategy): a new trajectory starts from "
+              "where the command being executed will be when it takes over (arrival, or its stamp with "
+              "defer_future_trajectories) and its first point is rate-limited against that point; false = against "
+              "the measured state (the behaviour before anchoring: the command jumps back by the tracking lag at "
+              "every replan)", BOUNDARY),
+    ParamSpec("blend_window_steps", int, 0, "blend: control periods over which a new chunk is cross-faded in from "
+              "the command being executed (smoothstep weights: no position or velocity step at the takeover); "
+              "0 = execute_steps", BOUNDARY, bounds=(0, 1000)),
+    ParamSpec("rtc_mode", str, GUIDE_GUIDED, "rtc: guided = the exact guidance (a vector-Jacobian product through "
+              "the model per denoise step; torch engine); inpaint = the gradient-free variant (the predicted clean "
+              "chunk's weighted rows pulled to the target each step; every decomposed export, ONNX included). An "
+              "engine that cannot run the mode refuses it", BOUNDARY, choices=GUIDE_MODES),
+    ParamSpec("rtc_prefix_attention_schedule", str, "linear", "rtc: weights of the rows between the frozen ones "
+              "and the execution horizon (zeros: only the frozen rows; ones: all 1; linear / exp: decaying from "
+              "1 to 0)", BOUNDARY, choices=GUIDE_SCHEDULES),
+    ParamSpec("rtc_max_guidance_weight", float, 10.0, "rtc: cap of the guidance weight min(beta, c * inv_r2) "
+              "(guided mode)", BOUNDARY, bounds=(0.01, 1000.0)),
+    ParamSpec("rtc_execution_horizon", int, 0, "rtc: rows of the new chunk (from the observation's row 0) that are "
+              "guided towards the command being executed; 0 = the frozen rows + execute_steps", BOUNDARY,
+              bounds=(0, 1000)),
     # --- safety (live) ---
     ParamSpec("position_lower", "float[]", None, "Per-joint lower position limit (rad or m); every published "
               "point is clamped to it", SAFETY, per_joint=True, embodiment_field="position_lower",
@@ -299,7 +331,8 @@ def embodiment_defaults(emb: Embodiment) -> dict[str, Any]:
 
 
 def check_consistency(values: Mapping[str, Any], *, n_joints: int | None, engine_rows: int | None,
-                      supported_nfe: tuple[int, ...] | None) -> str | None:
+                      supported_nfe: tuple[int, ...] | None, guide_modes: tuple[str, ...] | None = None,
+                      engine_name: str = "") -> str | None:
     """Cross-parameter rules. Engine-dependent ones apply once an engine is loaded."""
     if n_joints is not None:
         for spec in PARAMS:
@@ -313,6 +346,13 @@ def check_consistency(values: Mapping[str, Any], *, n_joints: int | None, engine
         bad = [i for i, (lo, hi) in enumerate(zip(lower, upper, strict=True)) if not lo < hi]
         if bad:
             return f"position_lower must be < position_upper; violated at joint index {bad}"
+    if (guide_modes is not None and values.get("chunk_strategy") == "rtc"
+            and values.get("rtc_mode") not in guide_modes):
+        offered = ", ".join(guide_modes) or "none"
+        hint = ("set rtc_mode:=inpaint (gradient-free), or serve with engine:=torch for the exact guidance"
+                if guide_modes else "serve a decomposed export, or choose another chunk_strategy")
+        return (f"rtc_mode {values.get('rtc_mode')!r} cannot run on this {engine_name or 'engine'} "
+                f"(it offers: {offered}); {hint}")
     if supported_nfe is not None and values["nfe"] != 0 and values["nfe"] not in supported_nfe:
         return f"nfe {values['nfe']} is not supported by this export; supported: {list(supported_nfe)} (or 0 = default)"
     if engine_rows is not None:
@@ -345,7 +385,9 @@ def check_with_engine(values: Mapping[str, Any], engine: Any | None) -> str | No
     joints = values.get("joint_names")
     return check_consistency(values, n_joints=len(joints) if joints else None,
                              engine_rows=engine.chunk_size if engine is not None else None,
-                             supported_nfe=tuple(engine.supported_nfe) if engine is not None else None)
+                             supported_nfe=tuple(engine.supported_nfe) if engine is not None else None,
+                             guide_modes=tuple(getattr(engine, "guide_modes", ())) if engine is not None else None,
+                             engine_name=f"{engine.engine} engine" if engine is not None else "")
 
 
 def _frozen(value: Any) -> Any:

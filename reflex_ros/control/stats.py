@@ -17,8 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from reflex_ros.control.handover import HandoverStats
 from reflex_ros.control.loop import (
     ENGINE_ERROR,
+    HELD,
     NO_OBSERVATION,
     OUT_OF_ORDER,
     OVERRUN,
@@ -94,6 +96,8 @@ class LoopStats(LoopSubscriber):
     last_error: str = ""
     last_skipped_steps: int = 0
     held: bool = False  # the node's ~/hold latch (set by the node)
+    # chunk boundaries: jump at every replan, commanded jerk, tracking error (control/handover.py)
+    handover: HandoverStats | None = field(default=None, repr=False)
     _last_publish_ns: int | None = field(default=None, repr=False)
     # problem kind -> (time.monotonic() it last happened, what it was): what /diagnostics names
     _recent: dict[str, tuple[float, str]] = field(default_factory=dict, repr=False)
@@ -108,6 +112,12 @@ class LoopStats(LoopSubscriber):
 
     def on_start(self, loop: Any) -> None:
         self._last_publish_ns = None  # the first chunk after activate starts a new period series
+        if self.handover is not None:
+            self.handover.reset()
+
+    def on_measurement(self, stamp_ns: int, positions: np.ndarray) -> None:
+        if self.handover is not None:
+            self.handover.on_measurement(stamp_ns, positions)
 
     def on_input_rejected(self, topic: str, error: Exception) -> None:
         self.dropped_messages += 1
@@ -136,6 +146,8 @@ class LoopStats(LoopSubscriber):
         elif reason == ENGINE_ERROR:
             self.engine_errors += count
             self.last_error = detail
+        elif reason == HELD and self.handover is not None:
+            self.handover.reset()  # a hold replaced the trajectory: the next chunk is no replan
 
     def on_published(self, event: PublishedChunk) -> None:
         self.chunks_published += 1
@@ -157,10 +169,44 @@ class LoopStats(LoopSubscriber):
         if self._last_publish_ns is not None:
             self.publish_period_ms.add((event.published_ns - self._last_publish_ns) * 1e-6)
         self._last_publish_ns = event.published_ns
+        names = event.settings.joint_names
+        if self.handover is None or self.handover.joint_names != tuple(names):
+            self.handover = HandoverStats(names, event.settings.defer_future_trajectories)
+        self.handover.set_defer(event.settings.defer_future_trajectories)
+        self.handover.on_trajectory(plan.stamp_ns, plan.point_times_ns() - plan.stamp_ns, plan.positions,
+                                    event.published_ns, plan.dt_ns, origin=np.asarray(obs.observation.state))
 
 
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
+
+
+def handover_values(stats: LoopStats) -> dict[str, str]:
+    """Chunk boundaries as diagnostic key/values: the jump at every replan (old vs new command
+    at the takeover; p50/p95/max of the worst joint, p95 per joint), commanded jerk RMS and
+    commanded-vs-measured tracking RMS over the recent window."""
+    h = stats.handover.summary() if stats.handover is not None else {}
+
+    def num(key: str, digits: int = 4) -> str:
+        value = h.get(key)
+        return "n/a" if value is None else f"{value:.{digits}f}"
+
+    def per_joint(key: str) -> str:
+        value = h.get(key)
+        return "n/a" if not value else ",".join(f"{v:.4f}" for v in value["p95"])
+
+    return {
+        "replans": str(h.get("replans", 0)),
+        "boundary_jump_p50_rad": num("jump_pos_p50_rad"), "boundary_jump_p95_rad": num("jump_pos_p95_rad"),
+        "boundary_jump_max_rad": num("jump_pos_max_rad"),
+        "boundary_jump_p95_per_joint_rad": per_joint("jump_pos_per_joint_rad"),
+        "boundary_velocity_jump_p50_rad_s": num("jump_vel_p50_rad_s"),
+        "boundary_velocity_jump_p95_rad_s": num("jump_vel_p95_rad_s"),
+        "boundary_velocity_jump_max_rad_s": num("jump_vel_max_rad_s"),
+        "boundary_velocity_jump_p95_per_joint_rad_s": per_joint("jump_vel_per_joint_rad_s"),
+        "commanded_jerk_rms_rad_s3": num("jerk_rms_rad_s3", 1),
+        "tracking_rms_rad": num("tracking_rms_rad"),
+    }
 
 
 def stats_values(stats: LoopStats) -> dict[str, str]:
@@ -195,6 +241,7 @@ def stats_values(stats: LoopStats) -> dict[str, str]:
         "clamped_position_values": str(stats.clamped_position_values),
         "clamped_step_values": str(stats.clamped_step_values),
         "skipped_steps": str(stats.last_skipped_steps),
+        **handover_values(stats),
         "last_error": stats.last_error,
     }
 
@@ -210,6 +257,7 @@ def diagnostic_status(lifecycle_state: str, stats: LoopStats, *, watchdog_stale:
                       model_hash=engine_info.model_hash)
     values.update(
         cfg_beta="off" if not s.cfg_beta else f"{s.cfg_beta:g}", chunk_strategy=str(s.chunk_strategy),
+        anchor_to_command="true" if s.anchor_to_command else "false",
         control_frequency_hz=f"{s.control_frequency_hz:g}", execute_steps=str(s.execute_steps),
         latency_compensation_ms=f"{s.latency_compensation_ms:g}", calibration_state=calibration_state)
     values.update(stats_values(stats))
@@ -237,4 +285,4 @@ def diagnostic_status(lifecycle_state: str, stats: LoopStats, *, watchdog_stale:
     return level, message, values
 
 
-__all__ = ["LoopStats", "RollingWindow", "diagnostic_status", "stats_values"]
+__all__ = ["LoopStats", "RollingWindow", "diagnostic_status", "handover_values", "stats_values"]

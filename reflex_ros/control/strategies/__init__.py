@@ -1,17 +1,21 @@
 """Chunk strategies, by name (the node's ``chunk_strategy`` parameter offers every key).
 
-To add one (blend, rtc, anchoring...): write a module here with a
+To add one: write a module here with a
 :class:`~reflex_ros.control.strategies.base.ChunkStrategy` subclass and add one entry to
 :data:`STRATEGIES`.
 """
 
 from __future__ import annotations
 
-from reflex_ros.control.strategies.base import ChunkRequest, ChunkStrategy, Executing
+from reflex_ros.control.strategies.base import ChunkRequest, ChunkStrategy, Executing, GuideRequest
+from reflex_ros.control.strategies.blend import BlendStrategy
 from reflex_ros.control.strategies.replace import ReplaceStrategy
+from reflex_ros.control.strategies.rtc import RtcStrategy
 
 STRATEGIES: dict[str, type[ChunkStrategy]] = {
     ReplaceStrategy.name: ReplaceStrategy,
+    BlendStrategy.name: BlendStrategy,
+    RtcStrategy.name: RtcStrategy,
 }
 DEFAULT_STRATEGY = ReplaceStrategy.name
 
@@ -23,4 +27,5 @@ def make_strategy(name: str) -> ChunkStrategy:
         raise KeyError(f"unknown chunk strategy {name!r}; available: {sorted(STRATEGIES)}") from None
 
 
-__all__ = ["DEFAULT_STRATEGY", "STRATEGIES", "ChunkRequest", "ChunkStrategy", "Executing", "make_strategy"]
+__all__ = ["DEFAULT_STRATEGY", "STRATEGIES", "ChunkRequest", "ChunkStrategy", "Executing", "GuideRequest",
+           "make_strategy"]

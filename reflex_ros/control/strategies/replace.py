@@ -1,12 +1,15 @@
 """``replace``: each chunk replaces the one being executed (what a JTC does with a new message).
 
 Latency compensation, delta -> absolute, the safety clamps and the stamp come from
-:func:`~reflex_ros.control.chunking.plan_chunk`; the previous chunk plays no part.
+:func:`~reflex_ros.control.chunking.plan_chunk`; with ``anchor_to_command`` (the default) the
+first point is rate-limited against the command being executed at the takeover
+(:meth:`~reflex_ros.control.strategies.base.ChunkStrategy.plan_anchored`), otherwise against
+the measured state (the behaviour before issue 14). Nothing else of the previous chunk is used.
 """
 
 from __future__ import annotations
 
-from reflex_ros.control.chunking import PlannedChunk, plan_chunk
+from reflex_ros.control.chunking import PlannedChunk
 from reflex_ros.control.strategies.base import ChunkRequest, ChunkStrategy
 
 
@@ -14,9 +17,4 @@ class ReplaceStrategy(ChunkStrategy):
     name = "replace"
 
     def plan(self, request: ChunkRequest) -> PlannedChunk:
-        s = request.settings
-        return plan_chunk(
-            request.actions, state=request.state, obs_stamp_ns=request.obs_stamp_ns,
-            control_frequency_hz=s.control_frequency_hz, latency_compensation_ms=s.latency_compensation_ms,
-            limits=request.limits, action_mode=s.action_mode, chunk_size=s.chunk_size or None,
-            joint_names=request.joint_names, state_tolerance=s.state_limit_tolerance_rad)
+        return self.plan_anchored(request)
