@@ -75,6 +75,24 @@ def test_a_chunk_computed_while_the_robot_lags_starts_from_the_command(defer: bo
             np.testing.assert_allclose(old.positions[0], 0.5)  # the model's target, near the measured state
 
 
+@pytest.mark.parametrize("name", ["replace", "blend", "rtc"])
+def test_a_late_chunk_is_anchored_where_the_controller_starts_it(name: str) -> None:
+    """Planned 150 ms after its stamp (the latency compensation was too small): a deferring
+    controller starts it part-way through, at arrival, so the command there must be within a
+    step of the old one (not the chunk's 5th point, 5 steps of drift away)."""
+    t0 = 10_000 * MS
+    strategy = make_strategy(name)
+    strategy.published(executing_plan(t0, np.full(40, 1.0)), t0 - 5 * MS)
+    obs = t0 + 10 * DT
+    now = obs + 2 * DT + 150 * MS
+    plan = strategy.plan(request(0.0, 0.0, obs, now, settings(defer_future_trajectories=True)))
+    assert plan.stamp_ns < now
+    at_takeover = np.array([np.interp(now, plan.point_times_ns(), plan.positions[:, j]) for j in range(J)])
+    assert np.all(np.abs(at_takeover - 1.0) <= 0.1 + 1e-9), at_takeover
+    if name == "blend":
+        np.testing.assert_allclose(at_takeover, 1.0, atol=0.01)
+
+
 def test_first_chunk_and_after_reset_start_from_the_measured_state() -> None:
     strategy = make_strategy("replace")
     plan = strategy.plan(request(2.0, 0.5, 10_000 * MS, 10_020 * MS, settings()))

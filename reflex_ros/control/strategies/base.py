@@ -95,6 +95,8 @@ class ChunkStrategy(ABC):
         self.command: CommandModel | None = None
         self._state: np.ndarray | None = None  # the state the last plan was computed from
         self._defer = False
+        #: when the trajectory being planned takes over (set by :meth:`plan_anchored`)
+        self.takeover_ns: int | None = None
 
     @abstractmethod
     def plan(self, request: ChunkRequest) -> PlannedChunk:
@@ -129,26 +131,38 @@ class ChunkStrategy(ABC):
         most ``max(1, ceil((stamp - T) / dt))`` steps of ``max_delta_per_step`` from the
         command at the takeover T, and the first point's velocity is the central difference
         across the command one period before it, so the published velocities continue the
-        executed motion. ``transform(targets, stamp_ns, dt_ns)`` reshapes the absolute targets
-        before the limits (blend)."""
+        executed motion. A late chunk (stamped before T: the controller starts it part-way
+        through) holds the command at T on its points before T, so the point it starts
+        between is still the anchor. ``transform(targets, stamp_ns, dt_ns)`` reshapes the
+        absolute targets before the limits (blend; :attr:`takeover_ns` is T then)."""
         s = request.settings
         self._state = np.asarray(request.state, dtype=np.float64)
         self._defer = bool(s.defer_future_trajectories)
         dt_ns = control_period_ns(s.control_frequency_hz)
         stamp = int(request.obs_stamp_ns) + skipped_steps(s.latency_compensation_ms, s.control_frequency_hz) * dt_ns
+        t = self.takeover_ns = takeover_ns(stamp, request.now_ns, self._defer)
         anchor = steps = before = None
         if s.anchor_to_command:
-            t = takeover_ns(stamp, request.now_ns, self._defer)
             probe = self.commanded(np.array([min(t, stamp - dt_ns), t], dtype=np.int64))
             if probe is not None and np.all(np.isfinite(probe)):
                 before, anchor = probe[0], probe[1]
                 steps = max(1, math.ceil((stamp - t) / dt_ns - 1e-6))
+
+        def shape(targets: np.ndarray, stamp_ns: int, period_ns: int) -> np.ndarray:
+            if transform is not None:
+                targets = transform(targets, stamp_ns, period_ns)
+            if anchor is not None and t > stamp_ns:  # late: the points already past hold the anchor
+                past = stamp_ns + np.arange(len(targets), dtype=np.int64) * period_ns < t
+                targets = np.where(past[:, None], anchor[None, :], targets)
+            return targets
+
         plan = plan_chunk(
             request.actions, state=request.state, obs_stamp_ns=request.obs_stamp_ns,
             control_frequency_hz=s.control_frequency_hz, latency_compensation_ms=s.latency_compensation_ms,
             limits=request.limits, action_mode=s.action_mode, chunk_size=s.chunk_size or None,
             joint_names=request.joint_names, state_tolerance=s.state_limit_tolerance_rad,
-            anchor=anchor, anchor_steps=steps, transform=transform)
+            anchor=anchor, anchor_steps=steps, transform=shape if (transform is not None or anchor is not None)
+            else None)
         if before is not None and len(plan.positions) >= 2:
             plan.velocities[0] = (plan.positions[1] - before) / (2 * plan.dt_s)
         return plan

@@ -7,7 +7,8 @@ Over the first W control periods of the new trajectory (``blend_window_steps``; 
 
 where ``old(t)`` is where the command being executed would be at the point's time (the node's
 model of the controller, ``control/handover.py``) and ``new_j`` the chunk's latency-compensated
-target. w_0 = 0, so the first point is the old command (no position step at the takeover), and
+target; j counts from the takeover (a chunk that arrives after its stamp starts part-way
+through, and its points already past stay on the old command). w_0 = 0, so the first point is the old command (no position step at the takeover), and
 the smoothstep's zero slope at both ends makes the command's velocity continuous into the
 blend and out of it; the published velocities are the central differences of the blended
 positions (the first across the old command one period earlier). Anchoring and the safety
@@ -23,12 +24,6 @@ from reflex_ros.control.chunking import PlannedChunk
 from reflex_ros.control.strategies.base import ChunkRequest, ChunkStrategy
 
 
-def smoothstep_weights(n: int, window: int) -> np.ndarray:
-    """``(n,)`` weights of the new chunk: smoothstep from 0 at row 0 to 1 at row ``window``."""
-    x = np.clip(np.arange(n, dtype=np.float64) / max(1, int(window)), 0.0, 1.0)
-    return x * x * (3.0 - 2.0 * x)
-
-
 class BlendStrategy(ChunkStrategy):
     name = "blend"
 
@@ -41,7 +36,10 @@ class BlendStrategy(ChunkStrategy):
             old = self.commanded(times)
             if old is None:
                 return targets
-            w = smoothstep_weights(len(targets), window)[:, None]
+            # from the takeover on (a late chunk starts part-way through: its past points stay old)
+            since = (times - max(stamp_ns, self.takeover_ns or stamp_ns)) / dt_ns
+            x = np.clip(since / max(1, window), 0.0, 1.0)
+            w = (x * x * (3.0 - 2.0 * x))[:, None]
             known = np.isfinite(old)
             return np.where(known, (1.0 - w) * np.where(known, old, 0.0) + w * targets, targets)
 
