@@ -96,6 +96,7 @@ class JtcActionServer:
         self._stats = stats
         self._joints = {name: i for i, name in enumerate(executor.joint_names)}
         self._active: _Goal | None = None
+        self._goals: dict[bytes, _Goal] = {}  # goal id -> its record, until its execute callback returns
         self.action_name = action_name
         self._server = ActionServer(node, FollowJointTrajectory, action_name, execute_callback=self._execute,
                                     goal_callback=self._on_goal, handle_accepted_callback=self._on_accepted,
@@ -159,19 +160,18 @@ class JtcActionServer:
             path_tolerance=_tolerances(request.path_tolerance, names, self._path_tolerance()),
             goal_tolerance=_tolerances(request.goal_tolerance, names, self._goal_tolerance),
             goal_time_ns=stamp_to_ns(request.goal_time_tolerance) or self._goal_time_ns)
+        self._goals[bytes(handle.goal_id.uuid)] = self._active
         self._stats.goals_accepted += 1
         handle.execute()
 
     async def _execute(self, handle: Any) -> Any:
-        goal = self._active
-        if goal is None or goal.handle is not handle:  # preempted before it started
-            result = Result()
-            result.error_code, result.error_string = Result.INVALID_GOAL, PREEMPTED
-            if handle.is_active:
-                handle._update_state(_rclpy.GoalEvent.CANCEL_GOAL)
-                handle.canceled()
-            return result
-        return await goal.done
+        """The result of this goal, whenever it ends (it may have ended before this runs: a
+        loaded machine can preempt or abort a goal before its execute task starts)."""
+        goal = self._goals[bytes(handle.goal_id.uuid)]
+        try:
+            return await goal.done
+        finally:
+            self._goals.pop(bytes(handle.goal_id.uuid), None)
 
     def _on_cancel(self, handle: Any) -> CancelResponse:
         return CancelResponse.ACCEPT  # the active goal is held and canceled at the next check
