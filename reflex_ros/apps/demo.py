@@ -44,7 +44,10 @@ node (tiny default policy, embodiment so100, auto_calibrate on) through the laun
 runner, with a live status line, then shut everything down cleanly and print a summary:
 chunk publish rate vs target, inference and observation-to-publish p50/p95, the learned
 latency_compensation_ms vs what the loop really has, commanded-vs-measured tracking error,
-and the calibration cache it wrote.
+the chunk boundaries (the jump between the old and the new command at every replan, p50/p95/
+max and per joint; commanded jerk) and the calibration cache it wrote. Compare strategies
+with --policy-param chunk_strategy:=replace|blend|rtc (rtc on the ONNX engine needs
+rtc_mode:=inpaint) and anchor_to_command:=false (the behaviour before anchoring).
 
 The policy has random weights, so the arm moves without purpose; every command stays inside
 the so100 joint limits (the node's safety clamp), and the summary checks that."""
