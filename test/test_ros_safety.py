@@ -18,7 +18,7 @@ from _ros_harness import SO100_JOINTS, RosHarness, joint_state, stamp_ns, wait_f
 POLICY = {"node": {"parameters": {"execute_steps": 3}}}
 LOWER = np.array([-1.87, -1.69, -1.64, -1.60, -2.69, -0.12])
 UPPER = np.array([1.87, 1.69, 1.64, 1.60, 2.79, 1.69])
-BASELINE = {"max_delta_per_step": [0.1] * 6, "latency_compensation_ms": 60.0}
+BASELINE = {"max_delta_per_step": [0.1] * 6, "latency_compensation_ms": 60.0, "anchor_to_command": True}
 HOUR_NS = 3_600_000_000_000
 
 
@@ -121,10 +121,12 @@ def test_a_burst_stamped_an_hour_ahead_is_refused_and_the_node_recovers_at_once(
 
 def test_hold_service_holds_the_commanded_position_until_released(node, robot) -> None:
     """Item 3: the only way to stop used to be a lifecycle transition. A step limit of 1e-6
-    pins every commanded point to the observed state, so the commanded position is known."""
+    from the measured state (anchoring off) pins every commanded point to the observed state,
+    so the commanded position is known."""
     state = [0.3, -0.4, 0.5, -0.6, 0.7, 0.2]
     robot.feed(True, state=lambda: (SO100_JOINTS, state))
-    assert robot.set_params(max_delta_per_step=[1e-6] * 6, latency_compensation_ms=0.0) == [(True, "")] * 2
+    assert robot.set_params(max_delta_per_step=[1e-6] * 6, latency_compensation_ms=0.0,
+                            anchor_to_command=False) == [(True, "")] * 3
     start = robot.chunk_count()
     wait_for(lambda: any(np.allclose(np.asarray(r.msg.data[:6]), state, atol=1e-4)
                          for r in list(robot.chunks)[start:]), 90, "chunks pinned at the observed state")

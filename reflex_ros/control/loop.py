@@ -271,9 +271,10 @@ class ControlLoop:
         return positions, control_period_ns(self._settings.control_frequency_hz)
 
     def commanded_position(self, now_ns: int | None = None) -> np.ndarray | None:
-        """Where the controller is commanded to be at ``now_ns`` (default: now): the last
-        published chunk evaluated with the one JTC model (control/jtc.py: it took over on
-        arrival, ramping from the state then to point 0), or the last hold, else the last
+        """Where the controller is commanded to be at ``now_ns`` (default: now): the chunk
+        strategy's command model (every chunk published since activate, deferral aware), else
+        the last published chunk evaluated with the one JTC model (control/jtc.py: it took over
+        on arrival, ramping from the state then to point 0), or the last hold, else the last
         measured state; None before any joint state. Not clipped here: the node's gate does."""
         commanded = self._commanded
         if commanded is None:
@@ -282,12 +283,18 @@ class ControlLoop:
         kind, value = commanded
         if kind == "hold":
             return np.array(value, dtype=np.float64)
+        t_ns = self._now() if now_ns is None else int(now_ns)
+        commanded_by = getattr(self.strategy, "commanded", None)  # the strategy's command model (deferral aware)
+        if commanded_by is not None:
+            rows = commanded_by(np.array([t_ns], dtype=np.int64))
+            if rows is not None and np.all(np.isfinite(rows)):
+                return np.asarray(rows, dtype=np.float64).reshape(-1).copy()
         plan, published_ns, state = value
         names = self.assembler.joint_names
         executor = TrajectoryExecutor(names, np.asarray(state, dtype=np.float64))
         offsets = plan.point_times_ns() - plan.stamp_ns
         executor.submit(TimedTrajectory(names, offsets, plan.positions, plan.stamp_ns), published_ns, state)
-        return executor.sample(self._now() if now_ns is None else int(now_ns))
+        return executor.sample(t_ns)
 
     def set_hold(self, on: bool, publish_hold: Callable[[np.ndarray, int], Any] | None = None) -> np.ndarray | None:
         """Hold (``on``): ``publish_hold(positions, control period ns)`` at once with the
