@@ -118,7 +118,7 @@ def test_state_is_read_by_joint_name(node, robot) -> None:
                 "shoulder_lift"]
     robot.feed(True, state=lambda: (shuffled, [state[n] for n in shuffled]))
     clamped_before = int(robot.latest_diagnostics(after_ns=robot.now_ns())["clamped_step_values"])
-    assert robot.set_params(max_delta_per_step=[1e-6] * 6, latency_compensation_ms=0.0) == [(True, "")] * 2
+    assert robot.set_params(max_delta_per_step=[1e-6] * 6, latency_compensation_ms=0.0, anchor_to_command=False) == [(True, "")] * 3
     expected = np.array([state[n] for n in SO100_JOINTS])
 
     def pinned(c):
