@@ -119,6 +119,17 @@ def test_first_run_measures_then_second_start_hits_the_cache(tmp_path, engine):
     assert not any("measuring" in line for line in lines2)
 
 
+def test_the_tracker_learns_in_control_periods_of_the_resolved_rate(tmp_path, engine):
+    """The latency tracker's tolerance is one control period of the rate being served, and
+    follows a live rate change (re_resolve)."""
+    s = session(tmp_path / "calibration.json", [])
+    assert s.tracker.tolerance_ms == 5.0  # nothing resolved yet: the seed's rule
+    s.resolve(engine, control_frequency_hz=30.0, execute_steps=10)
+    assert s.tracker.tolerance_ms == pytest.approx(1000.0 / 30.0)
+    s.re_resolve(control_frequency_hz=100.0, execute_steps=10)
+    assert s.tracker.tolerance_ms == pytest.approx(10.0)
+
+
 def test_force_and_stale_fingerprint_re_measure(tmp_path, engine):
     path = tmp_path / "calibration.json"
     session(path, []).resolve(engine, control_frequency_hz=30.0, execute_steps=10)

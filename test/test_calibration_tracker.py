@@ -1,5 +1,5 @@
 """The passive latency tracker's stability rule: >= 30 samples, then 3 consecutive checks
-(every 5 samples) within 5 ms of each other."""
+(every 5 samples) within a tolerance: 5 ms, or one control period once the rate is known."""
 
 from __future__ import annotations
 
@@ -94,3 +94,54 @@ def test_explicit_latency_disables_updates():
 def test_invalid_configuration_is_refused():
     with pytest.raises(ValueError, match="min_samples <= window"):
         LatencyTracker(window=20, min_samples=30)
+
+
+
+def _loaded_machine(n: int, seed: int) -> list[float]:
+    """Observation-to-publish samples of a loaded 2-core machine: 130 +- 10 ms, and one chunk in
+    eight delayed to 150..240 ms by another process. While the window is short (the first
+    30..90 chunks of a 30 s demo at 3 Hz) each delayed chunk that enters moves its p95 by more
+    than 5 ms (the demo saw p95 between 176 and 220 ms), never by a control period."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    samples = 130.0 + rng.normal(0.0, 10.0, n)
+    delayed = rng.random(n) < 0.12
+    samples[delayed] = rng.uniform(150.0, 240.0, int(delayed.sum()))
+    return [float(v) for v in samples]
+
+
+def _first_update(tracker: LatencyTracker, samples: list[float]) -> int | None:
+    updates = feed(tracker, samples)
+    return updates[0][0] if updates else None
+
+
+def test_a_loaded_machine_converges_within_a_demo_with_a_control_period_tolerance():
+    seed_rule = [_first_update(LatencyTracker(), _loaded_machine(90, s)) for s in range(10)]
+    period_rule = [_first_update(LatencyTracker(control_period_ms=1000.0 / 30.0), _loaded_machine(90, s))
+                   for s in range(10)]
+    assert all(n is not None for n in period_rule), period_rule
+    assert None in seed_rule, seed_rule  # the 5 ms rule misses some 30 s runs entirely
+    # a check stable within 5 ms is stable within a period: never later than the seed's rule
+    assert all(s is None or p <= s for p, s in zip(period_rule, seed_rule, strict=True))
+
+
+def test_re_emitted_only_when_k_changes():
+    period = 1000.0 / 30.0  # 33.3 ms
+    tracker = LatencyTracker(control_period_ms=period)
+    assert feed(tracker, [150.0] * 45) == [(45, 150.0)]  # k = ceil(150 / 33.3) = 5
+    # 185 ms: > one period from 150 but k is 6 now -> emitted
+    updates = feed(tracker, [185.0] * 200)
+    assert [v for _, v in updates] == [185.0]
+    assert tracker.steps(185.0) == 6 and tracker.steps(150.0) == 5
+    # 199 ms: same k (6), within a period -> not emitted
+    assert feed(tracker, [199.0] * 200) == []
+
+
+def test_same_k_is_not_re_emitted_even_beyond_the_tolerance():
+    tracker = LatencyTracker(control_period_ms=50.0, stability_ms=5.0)
+    assert feed(tracker, [101.0] * 45)[-1][1] == 101.0  # k = 3
+    # 149 ms: 48 ms away, but within one 50 ms period of the emitted value: not re-emitted
+    assert feed(tracker, [149.0] * 200) == []
+    assert tracker.learned_ms == 101.0
+

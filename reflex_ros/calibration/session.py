@@ -188,6 +188,7 @@ class CalibrationSession:
     def resolve(self, engine: Engine, *, control_frequency_hz: float, execute_steps: int) -> Resolution:
         """Cache hit (fresh): instant, no engine call. Miss or stale: measure, then write."""
         start = time.perf_counter()
+        self.tracker.control_period_ms = 1000.0 / float(control_frequency_hz)
         fingerprint, version = self._bind_engine(engine)
         loaded = self.cache.load()
         document = loaded.document if loaded.status == "ok" else None
@@ -246,6 +247,7 @@ class CalibrationSession:
         if self._entry is None:
             raise ReflexError("CalibrationSession.re_resolve() called before resolve(engine, ...)")
         start = time.perf_counter()
+        self.tracker.control_period_ms = 1000.0 / float(control_frequency_hz)
         before = self._last
         resolution = self._resolve_from_entry(control_frequency_hz, execute_steps, cache_hit=True, measure_s=0.0,
                                               stale=[])

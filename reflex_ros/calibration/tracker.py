@@ -11,11 +11,17 @@ median of the last few lag estimates (one noisy estimate should not move the arm
 The lag is added when the value is computed rather than baked into each sample, so a new
 lag estimate takes effect at once instead of after the window turns over.
 
-Stability rule (the seed's): once the window has >= 30 samples, every ``check_every``
-samples is a check; when the loop latency has stayed within 5 ms of the previous check for 3
-consecutive checks, the tracker emits it. Afterwards it emits again only when a new stable
-value differs from the last emitted one by more than 5 ms, so a parameter does not flicker
-by tenths of a millisecond. An explicit latency_compensation_ms turns updates off.
+Stability rule: once the window has >= 30 samples, every ``check_every`` samples is a check;
+when the loop latency has stayed within the tolerance of the previous check for 3 consecutive
+checks, the tracker emits it. The seed's tolerance is 5 ms. On a loaded 2-core machine the p95
+of a 100-chunk window wanders by tens of milliseconds (176..220 ms measured in the demo), so a
+5 ms rule never fired; yet the compensation acts only through ``k = ceil(L / dt)``, whole
+control periods. So once the control period is known (:attr:`LatencyTracker.control_period_ms`,
+set by the calibration session from ``control_frequency_hz``) the tolerance is one control
+period (never less than 5 ms), and a stable value is emitted again only when it changes ``k``
+and differs from the last emitted value by more than that tolerance (hysteresis: a p95 sitting
+on a period boundary does not flip ``k`` back and forth). Without a period the seed's 5 ms rule
+applies. An explicit latency_compensation_ms turns updates off.
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ class LatencyTracker:
         stable_checks: int = STABLE_CHECKS,
         check_every: int = CHECK_EVERY,
         enabled: bool = True,
+        control_period_ms: float | None = None,
     ) -> None:
         if not (1 <= min_samples <= window):
             raise ValueError(f"need 1 <= min_samples <= window, got {min_samples}, {window}")
@@ -61,6 +68,9 @@ class LatencyTracker:
         self.stable_checks = stable_checks
         self.check_every = check_every
         self.enabled = enabled
+        #: one control period (ms); None = the seed's fixed ``stability_ms`` rule. Settable live
+        #: (a control-rate change), read at each check.
+        self.control_period_ms = control_period_ms
         self._samples: deque[float] = deque(maxlen=window)
         self._lags: deque[float] = deque(maxlen=LAG_ESTIMATES_KEPT)
         self._since_check = 0
@@ -134,19 +144,40 @@ class LatencyTracker:
 
     # -- the rule
 
+    @property
+    def tolerance_ms(self) -> float:
+        """How far two checks (or a new value and the emitted one) may differ and still count
+        as the same latency: one control period when known, never less than ``stability_ms``."""
+        period = self.control_period_ms
+        if period is None or not math.isfinite(period) or period <= 0:
+            return self.stability_ms
+        return max(self.stability_ms, float(period))
+
+    def steps(self, latency_ms: float) -> int | None:
+        """``k = ceil(latency_ms / dt)``, the rows the node drops for this latency (None
+        without a control period)."""
+        period = self.control_period_ms
+        if period is None or not math.isfinite(period) or period <= 0:
+            return None
+        return math.ceil(round(latency_ms / period, 9))
+
     def _check(self) -> float | None:
         self._since_check = 0
         value = self.loop_latency_ms()
         assert value is not None
+        tolerance = self.tolerance_ms
         previous, self._last_check = self._last_check, value
-        if previous is None or abs(value - previous) > self.stability_ms:
+        if previous is None or abs(value - previous) > tolerance:
             self._stable_run = 0
             return None
         self._stable_run += 1
         if self._stable_run < self.stable_checks:
             return None
-        if self._emitted is not None and abs(value - self._emitted) <= self.stability_ms:
-            return None
+        if self._emitted is not None:
+            if abs(value - self._emitted) <= tolerance:
+                return None
+            if self.steps(value) is not None and self.steps(value) == self.steps(self._emitted):
+                return None  # the same k: nothing the node does would change
         self._emitted = round(value, 1)
         lag = self.actuation_lag_ms
         self._emitted_parts = (round(value - (lag or 0.0), 1), None if lag is None else round(lag, 1))
