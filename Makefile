@@ -24,7 +24,7 @@ $(VENV)/.deps-done: requirements.txt | $(VENV)/bin/python
 	touch $@
 
 # Messages: rosidl + CMake against the wheels (see DEVELOPERS.md for the pitfalls handled here).
-$(MSG_STAMP): $(VENV)/.deps-done CMakeLists.txt package.xml $(wildcard msg/*.msg) $(wildcard interfaces/*/*/*)
+$(MSG_STAMP): $(VENV)/.deps-done CMakeLists.txt package.xml $(wildcard msg/*.msg) $(wildcard srv/*.srv) $(wildcard interfaces/*/*/*)
 	rm -rf build/msgs; mkdir -p build
 	AMENT_PREFIX_PATH=$(abspath $(VENV)) cmake -S . -B build/msgs -DREFLEX_INSTALL_PYTHON=OFF \
 	  -DCMAKE_PREFIX_PATH=$(abspath $(VENV)) -DCMAKE_INSTALL_PREFIX=$(abspath $(VENV)) \

@@ -172,6 +172,16 @@ class TrajectoryExecutor:
     def pending_count(self) -> int:
         return len(self._pending)
 
+    def reset(self, positions: np.ndarray) -> None:
+        """Drop the active and pending trajectories and hold ``positions`` (a simulator that
+        puts the arm somewhere else between episodes: nothing planned before still applies)."""
+        positions = np.asarray(positions, dtype=np.float64).reshape(-1)
+        if positions.shape != (len(self.joint_names),):
+            raise ValueError(f"reset positions have shape {positions.shape}, expected ({len(self.joint_names)},)")
+        self._active = None
+        self._pending.clear()
+        self._last_command = positions.copy()
+
     def submit(
         self, trajectory: TimedTrajectory, now_ns: int, measured_positions: np.ndarray | None = None
     ) -> SubmitResult:

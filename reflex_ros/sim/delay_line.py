@@ -30,6 +30,12 @@ class CommandDelayLine:
         """Record the command computed for time ``t_ns`` (times must not decrease)."""
         self._pending.append((int(t_ns), np.asarray(command, dtype=np.float64).copy()))
 
+    def reset(self, command: np.ndarray) -> None:
+        """Forget the commands in flight and output ``command`` from now on (an episode reset:
+        what was sent to the old pose must not reach the arm at the new one)."""
+        self._pending.clear()
+        self._current = np.asarray(command, dtype=np.float64).copy()
+
     def output(self, t_ns: int) -> np.ndarray:
         """The command that reaches the actuators at ``t_ns``."""
         due_ns = t_ns - self.delay_ns

@@ -39,12 +39,14 @@ from trajectory_msgs.msg import JointTrajectory
 
 from reflex_ros.control.jtc import TrajectoryExecutor, parse_joint_trajectory
 from reflex_ros.control.params import ParamSpec
+from reflex_ros.msg import EpisodeStatus
 from reflex_ros.ros.messages import time_msg
 from reflex_ros.ros.params import NODE_OPTIONS, declare_parameters, parameter_values
 from reflex_ros.ros.process import ros_context, spin_until
 from reflex_ros.ros.runner import node_topic
 from reflex_ros.sim.arm import DEFAULT_CAMERA, ArmRenderer, SimArm
 from reflex_ros.sim.delay_line import CommandDelayLine
+from reflex_ros.srv import ResetEpisode
 from reflex_ros.vocab import (
     DEFAULT_CONTROLLER,
     JOINT_STATES_TOPIC,
@@ -59,6 +61,7 @@ DEFAULT_TRAJECTORY_TOPIC = node_topic(TRAJECTORY_TOPIC)  # the policy node's
 MAX_CATCH_UP_NS = 500_000_000
 STEPS_PER_BURST = 25  # then yield the GIL so the ROS executor and renderer keep running
 LOG_THROTTLE_S = 2.0
+EPISODE_RATE_HZ = 10.0  # ~/episode status (sim time)
 
 # The sim's parameters; everything but actuation_delay_ms is fixed at start-up.
 SIM_PARAMS: tuple[ParamSpec, ...] = (
@@ -91,6 +94,11 @@ SIM_PARAMS: tuple[ParamSpec, ...] = (
               "(Humble/Jazzy JTC)", read_only=True),
     ParamSpec("initial_positions", "float[]", None, "start pose, one value per joint; empty = zeros",
               read_only=True),
+    ParamSpec("pick_task", bool, True, "the pick-the-cube task: jaw pads on (the grasp the demo policy was "
+              "trained with), ~/reset_episode (reflex_ros/srv/ResetEpisode) and ~/episode (reflex_ros/msg/"
+              "EpisodeStatus, 10 Hz); false = the bare scene", read_only=True),
+    ParamSpec("episode_seed", int, -1, "with pick_task: start with the episode of this seed (arm at home, cube "
+              "at the seeded pose); -1 = the scene's own cube pose", read_only=True, bounds=(-1, 2**31 - 1)),
     ParamSpec("publish_clock", bool, False, "publish /clock from sim time (starts at 0)", read_only=True),
     ParamSpec("real_time_factor", float, 1.0, "sim seconds per wall second; != 1 needs publish_clock",
               read_only=True, bounds=(0.05, 20.0)),
@@ -114,6 +122,8 @@ class SimStats:
     goals_aborted: int = 0
     goals_canceled: int = 0  # preempted by a newer goal, or on request
     realtime_jumps: int = 0
+    episodes: int = 0
+    successes: int = 0
 
 
 class _RenderSlot:
@@ -154,6 +164,20 @@ class SimNode(Node):
                 raise ValueError(f"initial_positions needs {len(names)} values for {names}")
             initial = np.asarray(p["initial_positions"], dtype=np.float64)
         self.arm.set_positions(initial)
+        self.task = None  # PickTask when pick_task: jaw pads, seeded resets, the success check
+        self._episode_seed = -1
+        if p["pick_task"]:
+            from reflex_ros.sim.task import HOME_POSITION, PickTask
+
+            self.task = PickTask(self.arm)
+            if p["episode_seed"] >= 0:
+                if p["initial_positions"]:
+                    raise ValueError("episode_seed starts the arm at home; leave initial_positions empty")
+                self.task.reset(p["episode_seed"])
+                self._episode_seed = int(p["episode_seed"])
+                initial = HOME_POSITION.copy()
+        elif p["episode_seed"] >= 0:
+            raise ValueError("episode_seed needs pick_task:=true")
 
         self.stats = SimStats()
         self._lock = threading.Lock()  # guards arm, executor and delay line
@@ -175,6 +199,7 @@ class SimNode(Node):
         self._clock_period_ns = int(round(1e9 / p["clock_rate_hz"]))
         self._epoch_ns = 0 if self._publish_clock else time.time_ns()
         self._sim_ns = 0  # physics time since the epoch; written by the physics thread only
+        self._success_logged = False
 
         reliable = QoSProfile(
             depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST
@@ -188,6 +213,10 @@ class SimNode(Node):
         self._js_pub = self.create_publisher(JointState, p["joint_states_topic"], reliable)
         self._image_pub = self.create_publisher(Image, image_topic, image_qos)
         self._clock_pub = self.create_publisher(Clock, "/clock", 10) if self._publish_clock else None
+        self._episode_pub = self._reset_srv = None
+        if self.task is not None:
+            self._episode_pub = self.create_publisher(EpisodeStatus, "~/episode", reliable)
+            self._reset_srv = self.create_service(ResetEpisode, "~/reset_episode", self._on_reset_episode)
         self._traj_sub = self.create_subscription(
             JointTrajectory, p["trajectory_topic"], self._on_trajectory, reliable
         )
@@ -215,6 +244,8 @@ class SimNode(Node):
             f"({'deferred until their stamp' if p['defer_future_trajectories'] else 'take over on arrival'}"
             f"{', open loop' if p['open_loop_control'] else ''})"
             + (f" and goals on {self.resolve_topic_name(self._action.action_name)}" if self._action else "")
+            + (f"; pick task (jaw pads, {self.resolve_topic_name('~/reset_episode')}, "
+               f"{self.resolve_topic_name('~/episode')})" if self.task is not None else "; bare scene")
             + f"; actuation delay {p['actuation_delay_ms']:g} ms; "
             + (f"sim time on /clock at {self._rtf:g}x real time" if self._publish_clock else "real time")
         )
@@ -266,6 +297,43 @@ class SimNode(Node):
                 f"trajectory rejected: {result.reason}", throttle_duration_sec=LOG_THROTTLE_S
             )
 
+    # ---------------------------------------------------------------- episodes
+    def _on_reset_episode(self, request: ResetEpisode.Request, response: ResetEpisode.Response):
+        """Arm at home, cube at the seeded pose (settled), every trajectory and command in
+        flight dropped: nothing sent for the previous episode reaches this one."""
+        from reflex_ros.sim.task import HOME_POSITION
+
+        seed = int(request.seed)
+        if seed < 0:
+            response.success = False
+            response.message = f"seed must be >= 0, got {seed}"
+            return response
+        with self._lock:
+            xy = self.task.reset(seed)
+            self._executor.reset(HOME_POSITION)
+            self._delay.reset(HOME_POSITION)
+            self._episode_seed = seed
+            self._success_logged = False
+        self.stats.episodes += 1
+        response.success = True
+        response.cube_xy = [float(xy[0]), float(xy[1])]
+        response.message = f"episode seed {seed}: cube at x {xy[0]:.3f} y {xy[1]:.3f} m, arm at home"
+        self.get_logger().info(response.message)
+        return response
+
+    def _episode_status(self, stamp_ns: int) -> EpisodeStatus:
+        """Read under the lock by the physics thread."""
+        task = self.task
+        msg = EpisodeStatus()
+        msg.header.stamp = time_msg(stamp_ns)
+        msg.header.frame_id = "world"
+        msg.seed = self._episode_seed
+        msg.time_s = float(task.time_s)
+        msg.lifted = bool(task.lifted())
+        msg.success = bool(task.success)
+        msg.cube_position = [float(v) for v in task.cube_position()]
+        return msg
+
     # ---------------------------------------------------------------- threads
     def start(self) -> None:
         """Start rendering, then physics: creating the GL context takes a while and holds the
@@ -294,7 +362,8 @@ class SimNode(Node):
         js = JointState()
         js.name = list(self.arm.joint_names)
         step_ns = self._step_ns
-        next_js_ns = next_cam_ns = next_clock_ns = 0
+        next_js_ns = next_cam_ns = next_clock_ns = next_episode_ns = 0
+        episode_period_ns = int(round(1e9 / EPISODE_RATE_HZ))
         mono0_ns = time.monotonic_ns()
         while not self._stop.is_set():
             target_ns = self._target_sim_ns(mono0_ns)
@@ -305,11 +374,11 @@ class SimNode(Node):
                     throttle_duration_sec=LOG_THROTTLE_S,
                 )
                 self._sim_ns = target_ns - step_ns
-                next_js_ns = next_cam_ns = next_clock_ns = self._sim_ns
+                next_js_ns = next_cam_ns = next_clock_ns = next_episode_ns = self._sim_ns
             for _ in range(STEPS_PER_BURST):
                 if self._sim_ns + step_ns > target_ns:
                     break
-                state = qpos = None
+                state = qpos = episode = None
                 with self._lock:
                     t_ns = self._epoch_ns + self._sim_ns
                     command = self._executor.sample(t_ns)
@@ -317,6 +386,10 @@ class SimNode(Node):
                     self.arm.set_command(self._delay.output(t_ns))
                     self.arm.step()
                     self._sim_ns += step_ns
+                    if self.task is not None:
+                        self.task.update_success()
+                        if self._sim_ns >= next_episode_ns:
+                            episode = self._episode_status(self._epoch_ns + self._sim_ns)
                     if self._sim_ns >= next_js_ns:
                         state = self.arm.state()
                     if self._cam_period_ns and self._sim_ns >= next_cam_ns:
@@ -335,6 +408,14 @@ class SimNode(Node):
                     next_cam_ns += self._cam_period_ns
                     if self._render_slot.put(stamp_ns, qpos):
                         self.stats.frames_skipped += 1
+                if episode is not None:
+                    next_episode_ns += episode_period_ns
+                    self._episode_pub.publish(episode)
+                    if episode.success and not self._success_logged:
+                        self._success_logged = True
+                        self.stats.successes += 1
+                        self.get_logger().info(f"episode seed {episode.seed}: success at {episode.time_s:.1f} s "
+                                               "(cube lifted and held)")
                 if self._clock_pub is not None and self._sim_ns >= next_clock_ns:
                     next_clock_ns += self._clock_period_ns
                     self._clock_pub.publish(Clock(clock=time_msg(stamp_ns)))
@@ -402,7 +483,7 @@ def run_sim(ros_args: list[str] | None = None, duration_s: float | None = None) 
                 f"{s.trajectories_accepted} accepted / {s.trajectories_rejected} rejected, goals "
                 f"{s.goals_accepted} accepted / {s.goals_rejected} rejected / {s.goals_succeeded} succeeded / "
                 f"{s.goals_aborted} aborted / {s.goals_canceled} canceled, "
-                f"{s.realtime_jumps} real-time jumps",
+                f"{s.realtime_jumps} real-time jumps, episodes {s.episodes} reset / {s.successes} succeeded",
                 flush=True,
             )
             node.destroy_node()
