@@ -46,8 +46,9 @@ chunk publish rate vs target, inference and observation-to-publish p50/p95, the 
 latency_compensation_ms vs what the loop really has, commanded-vs-measured tracking error,
 the chunk boundaries (the jump between the old and the new command at every replan, p50/p95/
 max and per joint; commanded jerk) and the calibration cache it wrote. Compare strategies
-with --policy-param chunk_strategy:=replace|blend|rtc (rtc on the ONNX engine needs
-rtc_mode:=inpaint) and anchor_to_command:=false (the behaviour before anchoring).
+with --policy-param chunk_strategy:=replace|blend|rtc (the default is blend; rtc's exact
+guidance is rtc_mode:=guided with engine:=torch) and anchor_to_command:=false (the behaviour
+before anchoring).
 
 The policy has random weights, so the arm moves without purpose; every command stays inside
 the so100 joint limits (the node's safety clamp), and the summary checks that."""

@@ -33,7 +33,7 @@ from reflex_ros.control.chunking import skipped_steps
 from reflex_ros.control.embodiment import Embodiment
 from reflex_ros.control.inputs import AUTO_CAMERA_TYPE, CAMERA_TYPE_CHOICES
 from reflex_ros.control.strategies import DEFAULT_STRATEGY, STRATEGIES
-from reflex_ros.engine.types import GUIDE_GUIDED, GUIDE_MODES, GUIDE_SCHEDULES
+from reflex_ros.engine.types import GUIDE_INPAINT, GUIDE_MODES, GUIDE_SCHEDULES
 from reflex_ros.vocab import (
     ABSOLUTE,
     ACTION_MODES,
@@ -261,10 +261,11 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("blend_window_steps", int, 0, "blend: control periods over which a new chunk is cross-faded in from "
               "the command being executed (smoothstep weights: no position or velocity step at the takeover); "
               "0 = execute_steps", BOUNDARY, bounds=(0, 1000)),
-    ParamSpec("rtc_mode", str, GUIDE_GUIDED, "rtc: guided = the exact guidance (a vector-Jacobian product through "
-              "the model per denoise step; torch engine); inpaint = the gradient-free variant (the predicted clean "
-              "chunk's weighted rows pulled to the target each step; every decomposed export, ONNX included). An "
-              "engine that cannot run the mode refuses it", BOUNDARY, choices=GUIDE_MODES),
+    ParamSpec("rtc_mode", str, GUIDE_INPAINT, "rtc: inpaint = the gradient-free variant (the predicted clean "
+              "chunk's weighted rows pulled to the target each denoise step; every decomposed export, ONNX "
+              "included; +2% on the torch GPU graph path); guided = the exact guidance (a vector-Jacobian product "
+              "through the model per denoise step; torch engine, about twice the denoising time). An engine that "
+              "cannot run the mode refuses it", BOUNDARY, choices=GUIDE_MODES),
     ParamSpec("rtc_prefix_attention_schedule", str, "linear", "rtc: weights of the rows between the frozen ones "
               "and the execution horizon (zeros: only the frozen rows; ones: all 1; linear / exp: decaying from "
               "1 to 0)", BOUNDARY, choices=GUIDE_SCHEDULES),

@@ -17,7 +17,9 @@ STRATEGIES: dict[str, type[ChunkStrategy]] = {
     BlendStrategy.name: BlendStrategy,
     RtcStrategy.name: RtcStrategy,
 }
-DEFAULT_STRATEGY = ReplaceStrategy.name
+# blend: measured in the sim with the demo policy at 150 ms actuation delay (tools/eval_strategies.py,
+# 20 seeded episodes): p95 boundary jump 0 vs 0.32 rad for replace, jerk 5x lower, success unchanged
+DEFAULT_STRATEGY = BlendStrategy.name
 
 
 def make_strategy(name: str) -> ChunkStrategy:
