@@ -271,3 +271,21 @@ def test_calibration_package_never_imports_rclpy():
             "print(bad)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_lerobot_export_is_measured_with_its_own_state_and_action_sizes(tmp_path, smolvla_export):
+    """A LeRobot policy needs exactly its state size (its normalizer is per joint) and samples
+    noise at its padded action width, not the robot's action size: the calibrator's synthetic
+    call must be shaped like the node's, or configure fails on every real checkpoint."""
+    from reflex_ros.engine.loader import load_engine
+
+    eng = load_engine(smolvla_export)
+    try:
+        info = eng.info
+        assert info.state_dim and info.state_dim < info.max_state_dim  # the case that broke
+        assert info.action_width > info.action_dim
+        resolution = session(tmp_path / "c.json", []).resolve(eng, control_frequency_hz=30.0, execute_steps=10)
+        assert resolution.state.startswith("measured in")
+        assert synthetic_observation(info).state.shape == (info.state_dim,)
+    finally:
+        eng.close()

@@ -134,9 +134,10 @@ def summarize(
 
 def synthetic_observation(info: EngineInfo, state_dim: int | None = None,
                           instruction: str = SYNTHETIC_INSTRUCTION) -> Observation:
-    """Zero images and a zero state shaped for ``info``: the engine does its full work on
-    it, and no robot or camera is involved."""
-    dim = info.max_state_dim if state_dim is None else int(state_dim)
+    """Zero images and a zero state shaped for ``info`` (the policy's own state size when it
+    has one, as a LeRobot checkpoint does; else the widest it accepts): the engine does its
+    full work on it, and no robot or camera is involved."""
+    dim = (info.state_dim or info.max_state_dim) if state_dim is None else int(state_dim)
     if not 1 <= dim <= info.max_state_dim:
         raise ValueError(f"state_dim must be in [1, {info.max_state_dim}] for this export, got {dim}")
     size = int(info.image_size)
@@ -147,7 +148,7 @@ def synthetic_observation(info: EngineInfo, state_dim: int | None = None,
 def fixed_noise(info: EngineInfo, seed: int = SYNTHETIC_NOISE_SEED) -> np.ndarray:
     """Deterministic initial noise, so every timed call does the same arithmetic."""
     rng = np.random.default_rng(seed)
-    return rng.standard_normal((info.chunk_size, info.action_dim)).astype(np.float32)
+    return rng.standard_normal((info.chunk_size, info.action_width)).astype(np.float32)
 
 
 def measurement_nfe(info: EngineInfo) -> int:
