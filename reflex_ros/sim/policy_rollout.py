@@ -24,6 +24,13 @@ chunk is then executed is ``latency_mode``:
 With ``d = 0`` the two are the same. The episode ends at the task's success (the cube held
 above the success height for 0.5 s) or at ``timeout_s``.
 
+:func:`run_episode_node` is the same episode through the serving path's own pieces instead
+of :meth:`PickTask.step`: the node's chunk planning (``control.chunking.plan_chunk``: latency
+compensation ``k = ceil(L / dt)``, stamp ``t_obs + k dt``, so100 clamps and rate limits), the
+sim node's trajectory executor (``control.jtc.TrajectoryExecutor``, deferral on, sampled at
+every physics step) and its actuation delay line (``sim.delay_line.CommandDelayLine``), with a
+chosen observation-to-arrival latency. It measures what the ROS demo will do, minus DDS.
+
 The policy is any callable ``(image uint8 (H, W, 3), state float32 (6,)) -> (rows, 6)``;
 :func:`engine_policy` wraps a reflex_ros engine (:func:`reflex_ros.engine.loader.load_engine`)
 with per-episode seeded flow-matching noise, so an episode is reproducible.
@@ -82,6 +89,9 @@ class EpisodeResult:
     cube_in_view: float
     #: highest rise of the cube's centre above its reset height (m)
     max_lift_m: float
+    #: closest the gripper site came to the cube's centre (m): tells "never reached it" from
+    #: "reached it but did not hold it"
+    closest_m: float
     chunks: int
     infer_ms: list[float] = field(default_factory=list)
 
@@ -90,7 +100,8 @@ class EpisodeResult:
         outcome = f"success at {self.success_time_s:4.1f} s" if self.success else "FAIL             "
         p50 = float(np.median(self.infer_ms)) if self.infer_ms else float("nan")
         return (f"seed {self.seed:>6}  {outcome}  cube ({self.cube_xy[0]:.3f}, {self.cube_xy[1]:+.3f}) m "
-                f"in view {self.cube_in_view:4.0%}  max lift {self.max_lift_m * 100:5.1f} cm  "
+                f"in view {self.cube_in_view:4.0%}  closest {self.closest_m * 100:4.1f} cm  "
+                f"max lift {self.max_lift_m * 100:5.1f} cm  "
                 f"{self.chunks:3d} chunks, inference p50 {p50:5.1f} ms")
 
 
@@ -115,6 +126,7 @@ def run_episode(
     pending: tuple[np.ndarray, int, int] | None = None
     infer_ms: list[float] = []
     max_lift = 0.0
+    closest = float("inf")
     chunks = 0
     tick = 0
     for tick in range(max_ticks):
@@ -139,7 +151,9 @@ def run_episode(
             rows, first, start = active
             target = rows[min(first + tick - start, len(rows) - 1)]
         info = task.step(target)
-        max_lift = max(max_lift, float(task.cube_position()[2]) - z0)
+        cube = task.cube_position()
+        max_lift = max(max_lift, float(cube[2]) - z0)
+        closest = min(closest, float(np.linalg.norm(task.ee_position() - cube)))
         if info.success:
             break
     return EpisodeResult(
@@ -150,8 +164,106 @@ def run_episode(
         cube_xy=(float(xy[0]), float(xy[1])),
         cube_in_view=in_view,
         max_lift_m=max_lift,
+        closest_m=closest,
         chunks=chunks,
         infer_ms=infer_ms,
+    )
+
+
+@dataclass(frozen=True)
+class NodeLoopConfig:
+    """The serving path's timing for :func:`run_episode_node` (milliseconds, sim time)."""
+
+    execute_steps: int = 10
+    #: observation stamp -> the trajectory's arrival at the sim (inference + transport)
+    publish_latency_ms: float = 30.0
+    #: the sim's actuation delay (executor command -> motors), ``--actuation-delay-ms``
+    actuation_delay_ms: float = 0.0
+    #: the node's latency_compensation_ms (L)
+    latency_compensation_ms: float = 0.0
+    #: the JTC defers future-stamped trajectories (the demo's sim does)
+    defer_future: bool = True
+    #: the JTC starts a takeover from the last command (True) or the measured state (False)
+    open_loop: bool = False
+    embodiment: str = "so100"
+    timeout_s: float = 10.0
+
+
+def run_episode_node(
+    task: PickTask,
+    render: Callable[[np.ndarray], np.ndarray],
+    policy: Policy,
+    seed: int,
+    config: NodeLoopConfig = NodeLoopConfig(),
+) -> EpisodeResult:
+    """One episode through plan_chunk -> TrajectoryExecutor -> CommandDelayLine -> physics.
+
+    Observations are taken every ``execute_steps`` control periods from the newest 15 Hz frame
+    (stamp = the frame's time) and the joint positions at that time; the trajectory arrives
+    ``publish_latency_ms`` later. Times carry a 1 s epoch so no stamp is 0 ("now" in JTC)."""
+    from reflex_ros.control.chunking import SafetyLimits, control_period_ns, plan_chunk
+    from reflex_ros.control.embodiment import load_embodiment
+    from reflex_ros.control.jtc import TimedTrajectory, TrajectoryExecutor
+    from reflex_ros.sim.delay_line import CommandDelayLine
+
+    emb = load_embodiment(config.embodiment)
+    limits = SafetyLimits.from_lists(emb.position_lower, emb.position_upper, emb.max_delta_per_step)
+    xy = task.reset(seed)
+    in_view = cube_view_fraction(task.model, task.data)
+    z0 = float(task.cube_position()[2])
+    arm = task.arm
+    epoch = 1_000_000_000
+    h_ns = int(round(arm.timestep_s * 1e9))
+    dt_ns = control_period_ns(task.control_hz)
+    cam_ns = int(round(1e9 / CAMERA_HZ))
+    obs_ns = config.execute_steps * dt_ns
+    latency_ns = int(round(config.publish_latency_ms * 1e6))
+    executor = TrajectoryExecutor(arm.joint_names, task.command, defer_future=config.defer_future)
+    delay = CommandDelayLine(int(round(config.actuation_delay_ms * 1e6)), task.command)
+    frame: tuple[int, np.ndarray, np.ndarray] = (0, task.qpos_snapshot(), task.joint_positions())
+    next_cam = next_obs = 0
+    arrivals: list[tuple[int, object]] = []
+    infer_ms: list[float] = []
+    max_lift, closest, chunks = 0.0, float("inf"), 0
+    steps = int(round(config.timeout_s * 1e9 / h_ns))
+    for n in range(steps):
+        t = n * h_ns
+        if t >= next_cam:
+            frame = (t, task.qpos_snapshot(), task.joint_positions())
+            next_cam += cam_ns
+        if t >= next_obs:
+            t_obs, qpos, positions = frame
+            t0 = time.perf_counter()
+            actions = np.asarray(policy(render(qpos), positions.astype(np.float32)), dtype=np.float64)
+            infer_ms.append((time.perf_counter() - t0) * 1e3)
+            plan = plan_chunk(actions, state=positions, obs_stamp_ns=epoch + t_obs,
+                              control_frequency_hz=task.control_hz,
+                              latency_compensation_ms=config.latency_compensation_ms, limits=limits,
+                              chunk_size=emb.chunk_size, joint_names=arm.joint_names)
+            offsets = plan.point_times_ns() - plan.stamp_ns
+            arrivals.append((t_obs + latency_ns, TimedTrajectory(arm.joint_names, offsets, plan.positions,
+                                                                 plan.stamp_ns)))
+            next_obs += obs_ns
+            chunks += 1
+        while arrivals and arrivals[0][0] <= t:
+            _, trajectory = arrivals.pop(0)
+            executor.sample(epoch + t)
+            measured = None if config.open_loop else task.joint_positions()
+            executor.submit(trajectory, epoch + t, measured)  # type: ignore[arg-type]
+        command = executor.sample(epoch + t)
+        delay.push(epoch + t, command)
+        arm.set_command(delay.output(epoch + t))
+        arm.step()
+        task.update_success()
+        cube = task.cube_position()
+        max_lift = max(max_lift, float(cube[2]) - z0)
+        closest = min(closest, float(np.linalg.norm(task.ee_position() - cube)))
+        if task.success:
+            break
+    return EpisodeResult(
+        seed=int(seed), success=task.success, success_time_s=task.time_s if task.success else None,
+        ticks=int(round(task.time_s * task.control_hz)), cube_xy=(float(xy[0]), float(xy[1])),
+        cube_in_view=in_view, max_lift_m=max_lift, closest_m=closest, chunks=chunks, infer_ms=infer_ms,
     )
 
 
@@ -187,9 +299,11 @@ __all__ = [
     "ChunkFilter",
     "EpisodeResult",
     "LATENCY_MODES",
+    "NodeLoopConfig",
     "Policy",
     "RolloutConfig",
     "engine_policy",
     "run_episode",
+    "run_episode_node",
     "success_rate",
 ]
