@@ -47,6 +47,9 @@ class Recorder(LoopSubscriber):
     def on_measurement(self, stamp_ns: int, positions) -> None:
         self.events.append(("measurement", stamp_ns))
 
+    def on_hold(self, held: bool) -> None:
+        self.events.append(("hold", held))
+
 
 @pytest.fixture()
 def loop(tiny_export: Path):
@@ -283,3 +286,24 @@ def test_diagnostics_name_refused_chunks(loop, nan_export) -> None:
     finally:
         loop.engine.close()
         loop.engine = good
+
+
+def test_hold_and_release_are_told_to_subscribers_and_restart_the_lag_history(loop) -> None:
+    """What the arm does while held (a scene reset, a hand moving it) answers no command: the
+    live calibration's motion history restarts at the release, the lag estimates stay."""
+    from reflex_ros.calibration.live import LiveCalibration
+    from reflex_ros.calibration.motion_history import MotionHistory
+
+    live = LiveCalibration.__new__(LiveCalibration)  # only the history matters here
+    live.history = MotionHistory()
+    loop.subscribers.append(live)
+    clock = loop.test_clock
+    _offer(loop, clock.ns)
+    clock.ns += 20 * MS
+    loop.cycle()
+    live.history.add_measurement(clock.ns, np.zeros(6))
+    loop.set_hold(True, lambda positions, dt_ns: None)
+    assert live.history._meas_t  # held: still recording (nothing is decided yet)
+    loop.set_hold(False)
+    assert [e for e in loop.test_recorder.events if e[0] == "hold"] == [("hold", True), ("hold", False)]
+    assert not live.history._meas_t and not live.history._commands

@@ -121,3 +121,69 @@ def test_demo_refuses_an_export_dir_that_holds_something_else(tmp_path: Path):
     exported.mkdir()
     (exported / "reflex_config.json").write_text("{}")
     assert demo.ensure_export(str(exported), demo._Console()) == exported  # reused, not re-exported
+
+
+def episodic_recording(lag_ms: float) -> tuple[LoopRecording, list[tuple[int, int]]]:
+    """Three episodes as the demo runs them: each starts at home (0) and moves out to a far pose
+    over 2 s while wiggling (``command``); between episodes a one-point hold at the last pose,
+    then the scene reset teleports the arm home (no command says so), and the next episode's
+    first chunk arrives 0.3 s after the release, starting from home (anchored to the observed
+    state). The joints follow the commands ``lag_ms`` late. Returns the recording and the
+    episodes' (release, end) windows."""
+    rec = LoopRecording(("a", "b"))
+    far = np.array([1.5, -1.2])
+    t = 10**12
+    windows = []
+    meas_t: list[int] = []
+    meas_pos: list[np.ndarray] = []
+    for _ in range(3):
+        release = t
+        start = release + 300 * MS
+
+        def pose(at_ns: np.ndarray, start: int = start) -> np.ndarray:
+            ramp = np.clip((np.asarray(at_ns) - start) / 2e9, 0.0, 1.0)[:, None]
+            return ramp * far + 0.3 * (command(np.asarray(at_ns)) - command(np.array([start]))[0])
+
+        for i in range(15):
+            stamp = start + i * 10 * DT
+            offsets = np.arange(20, dtype=np.int64) * DT
+            rec.trajectories.append(TrajectoryRecord(stamp - 20 * MS, stamp, offsets, pose(stamp + offsets)))
+        end = start + 15 * 10 * DT
+        ts = np.arange(release, end, 10 * MS)
+        meas_t += ts.tolist()
+        meas_pos += list(pose(np.maximum(ts - int(lag_ms * MS), start)))
+        windows.append((int(release), int(end)))
+        hold = pose(np.array([end]))[0]
+        rec.trajectories.append(TrajectoryRecord(end + 5 * MS, end + 5 * MS, np.zeros(1, dtype=np.int64), hold[None]))
+        t = end + 800 * MS
+        ts = np.arange(end, t, 10 * MS)  # held for 0.5 s, then the reset: home until the release
+        meas_t += ts.tolist()
+        meas_pos += [hold if tt < end + 500 * MS else np.zeros(2) for tt in ts]
+    rec.meas_t_ns, rec.meas_pos = meas_t, meas_pos
+    return rec, windows
+
+
+def test_episode_windows_keep_the_previous_hold_out_of_the_lag_and_the_boundaries():
+    rec, windows = episodic_recording(lag_ms=180.0)
+    kwargs = dict(lower=np.array([-5.0, -5.0]), upper=np.array([5.0, 5.0]), control_frequency_hz=30.0,
+                  execute_steps=10, cold_start_latency_ms=60.0, injected_delay_ms=150.0, duration_s=20.0)
+    whole = loop_report.summarize(rec, **kwargs)
+    episodes = loop_report.summarize(rec, windows=windows, **kwargs)
+    # the whole run: resets (the arm at 0 while the command says the hold pose) bias the lag
+    assert whole["actuation_lag_ms"] is None or abs(whole["actuation_lag_ms"] - 180.0) > 20.0
+    assert episodes["actuation_lag_ms"] == pytest.approx(180.0, abs=4.0)
+    assert episodes["aligned_rms_rad"] < 0.1 * episodes["tracking_rms_rad"]
+    # a hold ends the motion: the jump from the hold pose to the next episode is no boundary
+    assert episodes["boundary_jump_max_rad"] < 0.5
+    assert episodes["replans"] == 3 * 14
+
+
+def test_summary_table_prints_episodes_and_the_success_line():
+    rec, windows = episodic_recording(lag_ms=0.0)
+    s = loop_report.summarize(rec, lower=LOWER * 5, upper=UPPER * 5, control_frequency_hz=30.0, execute_steps=10,
+                              cold_start_latency_ms=60.0, injected_delay_ms=0.0, duration_s=20.0, windows=windows)
+    s["episodes"] = [{"seed": 4, "success": True, "time_s": 5.25}, {"seed": 5, "success": False, "time_s": 15.0}]
+    s["success"], s["successes"] = "success 1/2", 1
+    table = loop_report.format_table(s)
+    assert "seed 4 ok 5.2 s, seed 5 FAIL" in table or "seed 4 ok 5.3 s, seed 5 FAIL" in table
+    assert table.splitlines()[-1].strip() == "success 1/2 (50%)"

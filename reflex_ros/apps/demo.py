@@ -1,13 +1,14 @@
 """`reflex-ros demo`: the whole loop in one command, and the numbers that show it works.
 
 An application on top of the library: the simulated SO-101 arm (``reflex_ros.sim.sim_node``,
-a child process, the robot) publishes a camera
-and joint states; the lifecycle policy node (the tiny default export, embodiment so100,
-auto_calibrate on) is started and driven through configure -> activate by the runner API,
-exactly as ``reflex-ros run`` does; a monitor node in this process records the traffic.
-After S seconds everything is shut down in order (deactivate holds the arm, cleanup,
-shutdown, then the sim) and a summary table compares what the calibrator learned with what
-the loop really has.
+a child process, the robot) publishes a camera and joint states; the lifecycle policy node
+(the demo's trained pi0, a LeRobot checkpoint exported with its parity gate on first use,
+embodiment so100, auto_calibrate on) is started and driven through configure -> activate by
+the runner API, exactly as ``reflex-ros run`` does; a monitor node in this process records
+the traffic and drives the episodes (``apps/demo_episodes.py``: hold, reset the scene to a
+seed, release, watch the sim's success). Then everything is shut down in order (deactivate
+holds the arm, cleanup, shutdown, then the sim) and a summary table gives the episodes'
+success, and compares what the calibrator learned with what the loop really has.
 
 Top-level imports are stdlib only, so ``--help`` is instant.
 """
@@ -24,14 +25,31 @@ from typing import Any, TextIO
 
 from reflex_ros.ros.process import ChildProcess, stop_on_signals
 from reflex_ros.ros.runner import node_topic
-from reflex_ros.vocab import NODE_NAME, TRAJECTORY_TOPIC
+from reflex_ros.vocab import (
+    ACTION_CHUNK_TOPIC,
+    DEFAULT_CAMERA_TOPIC,
+    DIAGNOSTICS_TOPIC,
+    JOINT_STATES_TOPIC,
+    NODE_NAME,
+    TRAJECTORY_TOPIC,
+)
 
 EMBODIMENT = "so100"
 POLICY_NODE = NODE_NAME
-DEFAULT_EXPORT_DIR = "~/.cache/reflex_ros/exports/tiny"
+SIM_NODE = "/so101_sim"
+#: The demo policy: a LeRobot pi0 checkpoint trained in this sim (demo/so101_pick_pi0/README.md),
+#: with the tiny tokenizer its preprocessor names in a bundled offline Hugging Face cache.
+DEMO_POLICY_DIR = Path(__file__).resolve().parents[2] / "demo" / "so101_pick_pi0"
+DEMO_CHECKPOINT = DEMO_POLICY_DIR / "checkpoint"
+DEMO_HF_HUB_CACHE = DEMO_POLICY_DIR / "hf_cache" / "hub"
+DEFAULT_EXPORT_DIR = "~/.cache/reflex_ros/exports/so101_pick_pi0"
+#: written into the export: the checkpoint's weights digest, so a retrained checkpoint re-exports
+SOURCE_MARKER = "demo_checkpoint.sha256"
 DEFAULT_CACHE = "~/.cache/reflex_ros/demo/calibration.json"
 DEFAULT_LOG_DIR = "~/.cache/reflex_ros/demo/logs"
-DEFAULT_INSTRUCTION = "pick up the purple cube"
+DEFAULT_INSTRUCTION = "pick up the cube"  # what the demonstrations were recorded with
+DEFAULT_EPISODES = 3
+DEFAULT_EPISODE_TIMEOUT_S = 15.0  # sim seconds; the trained policy's successes take 4-8 s
 STARTUP_TIMEOUT_S = 120.0
 # The node's latency compensation stamps chunks for when they should run; a controller that
 # defers a future-stamped trajectory until its stamp executes them exactly so (ros2_controllers'
@@ -39,23 +57,30 @@ STARTUP_TIMEOUT_S = 120.0
 DEMO_SIM_PARAMS = ("defer_future_trajectories:=true",)
 
 DESCRIPTION = """\
-Run the closed loop: a MuJoCo SO-101 arm (reflex-ros sim) driven by the lifecycle policy
-node (tiny default policy, embodiment so100, auto_calibrate on) through the launch-equivalent
-runner, with a live status line, then shut everything down cleanly and print a summary:
-chunk publish rate vs target, inference and observation-to-publish p50/p95, the learned
-latency_compensation_ms vs what the loop really has, commanded-vs-measured tracking error,
+Pick up the cube: a MuJoCo SO-101 arm (reflex-ros sim) driven by the lifecycle policy node
+serving a pi0 policy trained in this sim (a LeRobot checkpoint, demo/so101_pick_pi0, exported
+with its parity gate on first use; embodiment so100, auto_calibrate on) through the
+launch-equivalent runner. Runs --episodes seeded episodes (the sim resets the scene to seed
+S, S+1, ...; success = the cube lifted above the task's success height and held), with a live
+status line, then shuts everything down cleanly and prints a summary: per-episode outcome and
+`success K/N`, chunk publish rate vs target, inference and observation-to-publish p50/p95,
+the learned latency_compensation_ms vs what the loop really has, commanded-vs-measured
+tracking error,
 the chunk boundaries (the jump between the old and the new command at every replan, p50/p95/
 max and per joint; commanded jerk) and the calibration cache it wrote. Compare strategies
 with --policy-param chunk_strategy:=replace|blend|rtc (the default is blend; rtc's exact
 guidance is rtc_mode:=guided with engine:=torch) and anchor_to_command:=false (the behaviour
 before anchoring).
 
-The policy has random weights, so the arm moves without purpose; every command stays inside
-the so100 joint limits (the node's safety clamp), and the summary checks that."""
+Every command stays inside the so100 joint limits (the node's safety clamp), and the summary
+checks that. Measure what latency compensation buys on a slow robot:
+  reflex-ros demo --episodes 20 --actuation-delay-ms 150
+  reflex-ros demo --episodes 20 --actuation-delay-ms 150 --policy-param latency_compensation_ms:=0"""
 
 EPILOG = f"""\
 defaults:
-  export            {DEFAULT_EXPORT_DIR} (the tiny policy is exported there on first use, ~5 s)
+  policy            {DEMO_CHECKPOINT}
+  export            {DEFAULT_EXPORT_DIR} (exported there on first use, parity-checked, ~30 s)
   calibration cache {DEFAULT_CACHE} (kept apart from ~/.reflex: a simulated arm
                     with an injected delay is not your robot)
   logs              {DEFAULT_LOG_DIR}/<time>/{{sim,policy_node}}.log
@@ -68,8 +93,10 @@ defaults:
 
 examples:
   reflex-ros demo
-  reflex-ros demo --duration-s 60 --actuation-delay-ms 80
-exit codes: 0 the loop ran and stayed within limits, 1 it did not (reason printed), 2 bad input"""
+  reflex-ros demo --episodes 20 --seed 100 --actuation-delay-ms 150 --record run.mcap --plot run.png
+  reflex-ros demo --episodes 0 --duration-s 60      free-running, no resets
+exit codes: 0 the loop ran and stayed within limits (whatever the success rate: it is a
+measurement), 1 it did not (reason printed), 2 bad input"""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -81,14 +108,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
+        "--episodes", type=int, default=DEFAULT_EPISODES, metavar="N",
+        help=f"pick episodes to run (default {DEFAULT_EPISODES}); 0 = free-running for --duration-s, no resets",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, metavar="S",
+        help="seed of the first episode (default 0); episode i uses S+i: the cube's pose and the flow noise",
+    )
+    parser.add_argument(
+        "--episode-timeout-s", type=float, default=DEFAULT_EPISODE_TIMEOUT_S, metavar="T",
+        help=f"sim seconds from a reset before the episode counts as failed (default {DEFAULT_EPISODE_TIMEOUT_S:g})",
+    )
+    parser.add_argument(
         "--duration-s",
         "--duration",
         dest="duration_s",
         type=float,
         default=30.0,
         metavar="S",
-        help="seconds of closed loop after the node is active (default 30; learning needs ~15)",
+        help="with --episodes 0: seconds of closed loop after the node is active (default 30)",
     )
+    parser.add_argument("--record", metavar="FILE.mcap", default=None,
+                        help="record joint states, commanded trajectories, action chunks, the camera, /diagnostics "
+                        "and the episodes to an MCAP bag (Foxglove, PlotJuggler, reflex-ros calibrate --bag)")
+    parser.add_argument("--plot", metavar="FILE.png", default=None,
+                        help="draw commanded vs measured positions per joint, chunk takeovers and episode outcomes")
     parser.add_argument(
         "--actuation-delay-ms",
         type=float,
@@ -97,7 +141,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="bus/servo lag injected into the simulated arm (default 0); the calibrator has to find it",
     )
     parser.add_argument(
-        "--export", metavar="DIR", default=None, help=f"policy export (default {DEFAULT_EXPORT_DIR})"
+        "--export", metavar="DIR", default=None,
+        help=f"serve this export instead (default {DEFAULT_EXPORT_DIR}, made from the demo checkpoint)",
     )
     parser.add_argument("--calibration-cache", metavar="PATH", default=None, help=f"default {DEFAULT_CACHE}")
     parser.add_argument(
@@ -171,23 +216,68 @@ class _Console:
             self._status = ""
 
 
+def _checkpoint_digest() -> str:
+    import hashlib
+
+    return hashlib.sha256((DEMO_CHECKPOINT / "model.safetensors").read_bytes()).hexdigest()
+
+
 def ensure_export(export: str | None, console: _Console) -> Path:
-    """The export directory, exporting the tiny policy there when it has none yet.
+    """The export directory to serve. An explicit ``--export`` must hold an export; the default
+    is made from the demo checkpoint on first use (and again when the checkpoint changed),
+    exactly as a user exports theirs: ``reflex-ros export CHECKPOINT`` with its parity gate.
 
     Raises ValueError (usage error) for a directory that holds something else.
     """
-    path = Path(export or DEFAULT_EXPORT_DIR).expanduser()
-    if (path / "reflex_config.json").is_file():
+    if export is not None:
+        path = Path(export).expanduser()
+        if not (path / "reflex_config.json").is_file():
+            raise ValueError(f"{path} is not a reflex_ros export (no reflex_config.json)")
         return path
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise ValueError(f"{path} exists but is not a reflex_ros export (no reflex_config.json)")
-    console.line(f"[demo] exporting the tiny default policy to {path} (first run only) ...")
+    path = Path(DEFAULT_EXPORT_DIR).expanduser()
+    if not (DEMO_CHECKPOINT / "model.safetensors").is_file():
+        raise ValueError(f"the demo checkpoint is missing: {DEMO_CHECKPOINT} (a partial clone?)")
+    digest = _checkpoint_digest()
+    marker = path / SOURCE_MARKER
+    if (path / "reflex_config.json").is_file() and marker.is_file() and marker.read_text().strip() == digest:
+        return path
+    if path.exists():
+        if any(path.iterdir()) and not (path / "reflex_config.json").is_file():
+            raise ValueError(f"{path} exists but is not a reflex_ros export (no reflex_config.json)")
+        import shutil
+
+        shutil.rmtree(path)  # our own export of an older checkpoint
+    console.line(f"[demo] exporting the demo policy {DEMO_CHECKPOINT} to {path} (first run only; parity-checked) ...")
     from reflex_ros.engine.export import export_model
 
+    # The checkpoint's tokenizer lives in the bundled offline cache, as a user's would in theirs.
+    previous = os.environ.get("HF_HUB_CACHE")
+    os.environ["HF_HUB_CACHE"] = str(DEMO_HF_HUB_CACHE)
     t0 = time.monotonic()
-    export_model(preset="tiny", output_dir=path, mode="both")
-    console.line(f"[demo] exported in {time.monotonic() - t0:.1f} s")
+    try:
+        report = export_model(preset=None, checkpoint=str(DEMO_CHECKPOINT), output_dir=path, mode="decomposed",
+                              strict=True, log=None)
+    finally:
+        if previous is None:
+            os.environ.pop("HF_HUB_CACHE", None)
+        else:
+            os.environ["HF_HUB_CACHE"] = previous
+    marker.write_text(digest + "\n")
+    console.line(f"[demo] exported in {time.monotonic() - t0:.1f} s; parity vs our torch model over the full "
+                 f"NFE loop: max_abs {report.max_abs_diff_across_all:.2e} (strict gate 1e-5)")
     return path
+
+
+def export_camera(export_dir: Path) -> tuple[str, int]:
+    """(the model camera's name, its image side) from the export: the sim renders at exactly
+    that size, as the demonstrations were recorded, so the processor's resize is the identity."""
+    import json
+
+    config = json.loads((export_dir / "reflex_config.json").read_text())
+    names = config.get("camera_names") or []
+    if len(names) != 1:
+        raise ValueError(f"{export_dir}: the demo's sim has one camera (front); this export wants {names}")
+    return str(names[0]), int(config.get("image_size") or 128)
 
 
 def sim_process(delay_ms: float, log_path: Path, env: dict[str, str], params: list[str] = ()) -> ChildProcess:
@@ -256,10 +346,42 @@ def _cache_entry(cache_path: Path, model_hash: str | None) -> dict[str, Any] | N
     return result.document.get("entries", {}).get(entry_key(EMBODIMENT, model_hash))
 
 
+def _run_episodes(args: argparse.Namespace, driver: Any, monitor: Any, console: _Console, stop: threading.Event,
+                  alive: Any, target_hz: float, cold_ms: float) -> str | None:
+    """The episodes, one line each; returns a failure reason (not a failed episode: a service
+    or process problem), or None."""
+    from reflex_ros.apps.demo_episodes import EpisodeError, format_result
+
+    for i in range(args.episodes):
+        seed = args.seed + i
+
+        def status(t_s: float, timeout_s: float, i: int = i, seed: int = seed) -> None:
+            console.status(f"[episode {i + 1}/{args.episodes} seed {seed}: {t_s:4.1f}/{timeout_s:g} s] "
+                           + _status_text(0.0, 0.0, monitor, target_hz, cold_ms).split("] ", 1)[1])
+        try:
+            result = driver.run(i, seed, args.episode_timeout_s, stop, alive, on_status=status)
+        except EpisodeError as exc:
+            return None if stop.is_set() else f"episode {i + 1} (seed {seed}): {exc}"
+        if result is None:
+            return None
+        console.line(f"[demo] {format_result(result)}")
+    return None
+
+
 def handle(args: argparse.Namespace) -> int:
     console = _Console()
     if args.duration_s <= 0:
         print("reflex-ros demo: --duration-s must be > 0", file=sys.stderr)
+        return 2
+    if args.episodes < 0 or args.seed < 0 or args.episode_timeout_s <= 0:
+        print("reflex-ros demo: --episodes and --seed must be >= 0, --episode-timeout-s > 0", file=sys.stderr)
+        return 2
+    for flag, value, suffix in (("--record", args.record, ".mcap"), ("--plot", args.plot, ".png")):
+        if value is not None and not value.endswith(suffix):
+            print(f"reflex-ros demo: {flag} {value}: the file name must end in {suffix}", file=sys.stderr)
+            return 2
+    if args.record is not None and Path(args.record).expanduser().exists():
+        print(f"reflex-ros demo: --record {args.record}: exists; choose a new file name", file=sys.stderr)
         return 2
     if args.actuation_delay_ms < 0:
         print("reflex-ros demo: --actuation-delay-ms must be >= 0", file=sys.stderr)
@@ -272,10 +394,7 @@ def handle(args: argparse.Namespace) -> int:
     try:
         export_dir = ensure_export(args.export, console)
     except ValueError as exc:
-        print(
-            f"reflex-ros demo: {exc}; pass --export DIR with an export, or an empty/new directory",
-            file=sys.stderr,
-        )
+        print(f"reflex-ros demo: {exc}", file=sys.stderr)
         return 2
     except ReflexError as exc:
         print(f"reflex-ros demo: export failed: {exc}", file=sys.stderr)
@@ -309,8 +428,14 @@ def _run(
         f"calibration cache {cache_path} | logs {log_dir}"
     )
     sim_time = args.real_time_factor != 1.0
-    sim_params = list(DEMO_SIM_PARAMS)
-    node_params: dict[str, Any] = {"calibration_cache": str(cache_path), "instruction": args.instruction}
+    try:
+        camera_name, image_size = export_camera(export_dir)
+    except ValueError as exc:
+        console.line(f"reflex-ros demo: {exc}")
+        return 2
+    sim_params = [*DEMO_SIM_PARAMS, f"image_size:={image_size}"]
+    node_params: dict[str, Any] = {"calibration_cache": str(cache_path), "instruction": args.instruction,
+                                   "camera_topics": [DEFAULT_CAMERA_TOPIC], "camera_names": [camera_name]}
     try:
         node_params.update(_parse_params(args.policy_param))
         # the node plans chunk boundaries for the controller it drives: the sim's takeover rule
@@ -327,7 +452,25 @@ def _run(
     if sim_time:
         sim_params += ["publish_clock:=true", f"real_time_factor:={float(args.real_time_factor)!r}"]
         node_params["use_sim_time"] = True
-    monitor = LoopMonitor(emb.joint_names, policy_node=f"/{POLICY_NODE}", use_sim_time=sim_time)
+    monitor = LoopMonitor(emb.joint_names, policy_node=f"/{POLICY_NODE}", use_sim_time=sim_time,
+                          episode_topic=f"{SIM_NODE}/episode")
+    recorder = None
+    if args.record:
+        from reflex_ros.apps.demo_record import McapRecorder
+
+        recorder = McapRecorder(monitor.node, Path(args.record).expanduser(), [
+            (JOINT_STATES_TOPIC, "sensor_msgs/msg/JointState"),
+            (node_topic(TRAJECTORY_TOPIC, POLICY_NODE), "trajectory_msgs/msg/JointTrajectory"),
+            (node_topic(ACTION_CHUNK_TOPIC, POLICY_NODE), "reflex_ros/msg/ActionChunk"),
+            (DEFAULT_CAMERA_TOPIC, "sensor_msgs/msg/Image"),
+            (DIAGNOSTICS_TOPIC, "diagnostic_msgs/msg/DiagnosticArray"),
+            (f"{SIM_NODE}/episode", "reflex_ros/msg/EpisodeStatus"),
+        ])
+    episodes = None
+    if args.episodes:
+        from reflex_ros.apps.demo_episodes import EpisodeDriver
+
+        episodes = EpisodeDriver(monitor, policy_node=f"/{POLICY_NODE}", sim_node=SIM_NODE)
     sim = sim_process(args.actuation_delay_ms, log_dir / "sim.log", ros_environment(), sim_params + args.sim_param)
     node_log = open(log_dir / "policy_node.log", "w")  # noqa: SIM115 - closed below
     failure: str | None = None
@@ -365,20 +508,22 @@ def _run(
                 with node:
                     console.line(f"[demo] policy node configured and active in {time.monotonic() - t1:.1f} s")
                     start = monitor.now_s()
-                    while not stop.is_set():
+                    alive = lambda: node.alive and sim.alive  # noqa: E731
+                    if episodes is not None:
+                        failure = _run_episodes(args, episodes, monitor, console, stop, alive, target_hz,
+                                                emb.latency_compensation_ms)
+                        ran_s = monitor.now_s() - start
+                    while episodes is None and not stop.is_set():
                         ran_s = monitor.now_s() - start
                         if ran_s >= args.duration_s:
                             break
-                        if not node.alive or not sim.alive:
-                            failure = (
-                                "the policy node exited"
-                                if not node.alive
-                                else "the sim exited:\n" + sim.tail()
-                            )
+                        if not alive():
                             break
                         console.status(_status_text(ran_s, args.duration_s, monitor, target_hz,
                                                     emb.latency_compensation_ms))  # fmt: skip
                         stop.wait(min(1.0, max(0.05, args.duration_s - ran_s)))
+                    if failure is None and not stop.is_set() and not alive():
+                        failure = "the policy node exited" if not node.alive else "the sim exited:\n" + sim.tail()
                     console.end_status()
                     console.line("[demo] stopping: deactivate (hold) -> cleanup -> shutdown, then the sim")
             except NodeProcessError as exc:
@@ -388,8 +533,15 @@ def _run(
         console.end_status()
         sim_code = sim.stop()  # SIGTERM: the sim stops its threads, then rclpy, and prints its stats
         recording = monitor.snapshot()
+        bag = None
+        if recorder is not None:
+            try:
+                bag = recorder.close()
+            except Exception as exc:  # noqa: BLE001 - the run's numbers still count
+                console.line(f"[demo] --record failed: {exc}")
         monitor.close()
         node_log.close()
+    results = list(episodes.results) if episodes is not None else []
 
     model_hash = recording.model_hash
     summary = loop_report.summarize(
@@ -405,10 +557,18 @@ def _run(
         cache_entry=_cache_entry(cache_path, model_hash),
         real_time_factor=args.real_time_factor,
         defer_future_trajectories=defer,
+        windows=[(r.release_ns, r.end_ns) for r in results] or None,
     )
+    if episodes is not None:
+        from reflex_ros.apps.demo_episodes import success_line
+
+        summary["episodes"] = [r.as_dict() for r in results]
+        summary["episodes_requested"] = args.episodes
+        summary["success"] = success_line(results)
+        summary["successes"] = sum(r.success for r in results)
     summary["sim_exit_code"] = sim_code
     summary["wall_s"] = time.monotonic() - wall_t0
-    if failure is None and stop.is_set() and ran_s < args.duration_s:
+    if failure is None and stop.is_set():
         console.line(f"[demo] interrupted after {ran_s:.0f} s")
     if failure is None and summary["chunks"] == 0:
         failure = "no action chunks were published (see the policy node log)"
@@ -418,6 +578,20 @@ def _run(
     console.line("")
     console.line(loop_report.format_table(summary))
     console.line(f"  logs: {log_dir}")
+    if bag is not None:
+        counts = ", ".join(f"{topic} {n}" for topic, n in recorder.counts.items())
+        console.line(f"  recorded: {bag} ({counts})")
+        for topic, error in recorder.errors.items():
+            console.line(f"  not recorded: some {topic} messages ({error})")
+    if args.plot:
+        try:
+            from reflex_ros.apps.demo_plot import plot_run
+
+            title = (f"reflex-ros demo: {summary.get('success', 'free-running')}, actuation delay "
+                     f"{args.actuation_delay_ms:g} ms, latency_compensation_ms {summary.get('learned_latency_ms') or 0:.1f}")
+            console.line(f"  plot: {plot_run(recording, results, Path(args.plot).expanduser(), title)}")
+        except Exception as exc:  # noqa: BLE001 - a plot is a view, the run's numbers still count
+            console.line(f"[demo] --plot failed: {exc}")
     if args.summary_json:
         loop_report.write_json(summary, Path(args.summary_json).expanduser())
     if failure is not None:

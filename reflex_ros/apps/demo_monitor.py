@@ -25,7 +25,7 @@ from trajectory_msgs.msg import JointTrajectory
 from reflex_ros.apps.loop_report import ChunkRecord, LoopRecording, TrajectoryRecord
 from reflex_ros.control.jtc import parse_joint_trajectory
 from reflex_ros.control.stamps import stamp_to_ns
-from reflex_ros.msg import ActionChunk
+from reflex_ros.msg import ActionChunk, EpisodeStatus
 from reflex_ros.ros.runner import node_topic
 from reflex_ros.vocab import (
     ACTION_CHUNK_TOPIC,
@@ -48,9 +48,13 @@ class LoopMonitor:
         joint_states_topic: str = JOINT_STATES_TOPIC,
         image_topic: str = DEFAULT_CAMERA_TOPIC,
         use_sim_time: bool = False,
+        episode_topic: str | None = None,
     ) -> None:
         self._lock = threading.Lock()
         self._rec = LoopRecording(tuple(joint_names))
+        self._last_image_stamp_ns = 0
+        self._last_joint_stamp_ns = 0
+        self._episodes: list[EpisodeStatus] = []  # the sim's ~/episode, in arrival order
         self._status_prefix = policy_node.rsplit("/", 1)[-1] + ":"
         self._context = Context()
         rclpy.init(context=self._context, signal_handler_options=SignalHandlerOptions.NO)
@@ -74,6 +78,8 @@ class LoopMonitor:
         self.node.create_subscription(DiagnosticArray, DIAGNOSTICS_TOPIC, self._on_diagnostics, reliable)
         self.node.create_subscription(JointState, joint_states_topic, self._on_joint_state, reliable)
         self.node.create_subscription(Image, image_topic, self._on_image, qos_profile_sensor_data)
+        if episode_topic:
+            self.node.create_subscription(EpisodeStatus, episode_topic, self._on_episode, reliable)
         self._executor = SingleThreadedExecutor(context=self._context)
         self._executor.add_node(self.node)
         self._thread = threading.Thread(target=self._spin, name="demo-monitor", daemon=True)
@@ -144,12 +150,19 @@ class LoopMonitor:
         with self._lock:
             self._rec.meas_t_ns.append(stamp_to_ns(msg.header.stamp))
             self._rec.meas_pos.append(pos)
+            self._last_joint_stamp_ns = max(self._last_joint_stamp_ns, self._rec.meas_t_ns[-1])
 
     def _on_image(self, msg: Image) -> None:
-        age_ms = (self._now_ns() - stamp_to_ns(msg.header.stamp)) / 1e6
+        stamp = stamp_to_ns(msg.header.stamp)
+        age_ms = (self._now_ns() - stamp) / 1e6
         with self._lock:
             self._rec.images += 1
             self._rec.image_age_ms.append(age_ms)
+            self._last_image_stamp_ns = max(self._last_image_stamp_ns, stamp)
+
+    def _on_episode(self, msg: EpisodeStatus) -> None:
+        with self._lock:
+            self._episodes.append(msg)
 
     def _columns(self, names: list[str], data: np.ndarray) -> np.ndarray:
         """Columns in the recording's joint order (KeyError if a joint is missing)."""
@@ -177,6 +190,20 @@ class LoopMonitor:
         """(joint states, images, chunks) so far: cheap, for waiting and the status line."""
         with self._lock:
             return len(self._rec.meas_t_ns), self._rec.images, len(self._rec.chunks)
+
+    def trajectory_count(self) -> int:
+        with self._lock:
+            return len(self._rec.trajectories)
+
+    def input_stamps_ns(self) -> tuple[int, int]:
+        """(newest joint state stamp, newest image stamp) received."""
+        with self._lock:
+            return self._last_joint_stamp_ns, self._last_image_stamp_ns
+
+    def episode_statuses(self, seed: int | None = None) -> list[EpisodeStatus]:
+        """The sim's episode statuses received so far (of ``seed`` only, when given)."""
+        with self._lock:
+            return [m for m in self._episodes if seed is None or m.seed == seed]
 
     def latest_chunk(self) -> ChunkRecord | None:
         with self._lock:

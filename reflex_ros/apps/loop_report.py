@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from reflex_ros.calibration.actuation_lag import estimate_actuation_lag_ms
+from reflex_ros.calibration.actuation_lag import best_lag_ms, estimate_actuation_lag_ms, lag_cost_curve
 from reflex_ros.control.handover import HandoverStats
 from reflex_ros.control.jtc import commanded_series
 
@@ -124,8 +124,11 @@ def limit_check(rec: LoopRecording, lower: np.ndarray, upper: np.ndarray) -> dic
     }
 
 
-def tracking(rec: LoopRecording, max_lag_ms: float) -> dict[str, Any]:
-    """Commanded vs measured joint positions (see the module docstring)."""
+def tracking(rec: LoopRecording, max_lag_ms: float,
+             windows: list[tuple[int, int]] | None = None) -> dict[str, Any]:
+    """Commanded vs measured joint positions (see the module docstring). ``windows``: only
+    measured samples inside these ``(start_ns, end_ns)`` spans count (the demo's episodes: a
+    scene reset teleports the arm home, which no command explains)."""
     empty = {
         "actuation_lag_ms": None,
         "tracking_rms_rad": None,
@@ -139,18 +142,46 @@ def tracking(rec: LoopRecording, max_lag_ms: float) -> dict[str, Any]:
     meas_t = np.asarray(rec.meas_t_ns, dtype=np.int64)
     meas_pos = np.stack(rec.meas_pos)
     keep = (meas_t >= cmd_t[0]) & (meas_t <= cmd_t[-1])
+    if windows:
+        inside = np.zeros_like(keep)
+        for start_ns, end_ns in windows:
+            inside |= (meas_t >= start_ns) & (meas_t <= end_ns)
+        keep &= inside
     if keep.sum() < 20:
         return empty
     meas_t, meas_pos = meas_t[keep], meas_pos[keep]
-    lag_ms = estimate_actuation_lag_ms(cmd_t, cmd_pos, meas_t, meas_pos, max_lag_ms=max_lag_ms)
+    if windows:
+        lag_ms = _windowed_lag_ms(segments, meas_t, meas_pos, windows, max_lag_ms)
+    else:
+        lag_ms = estimate_actuation_lag_ms(cmd_t, cmd_pos, meas_t, meas_pos, max_lag_ms=max_lag_ms)
+
+    # (command series, measured samples) pieces: the whole run, or each window with its own
+    # commands (a shifted command never reaches back into the previous episode's hold)
+    pieces = [(cmd_t, cmd_pos, meas_t, meas_pos)]
+    if windows:
+        pieces = []
+        for start_ns, end_ns in windows:
+            segs = [seg for seg in segments if start_ns <= seg[3] <= end_ns]
+            inside = (meas_t >= start_ns) & (meas_t <= end_ns)
+            if segs and inside.any():
+                pieces.append((*commanded_series(segs), meas_t[inside], meas_pos[inside]))
+        if not pieces:
+            return empty
 
     def errors(shift_ns: int) -> np.ndarray:
-        rel = (cmd_t - cmd_t[0]).astype(np.float64)
-        at = (meas_t - shift_ns - cmd_t[0]).astype(np.float64)
-        cmd = np.stack([np.interp(at, rel, cmd_pos[:, j]) for j in range(cmd_pos.shape[1])], axis=1)
-        return meas_pos - cmd
+        out = []
+        for ct, cp, mt, mp in pieces:
+            at = mt - shift_ns
+            use = (at >= ct[0]) & (at <= ct[-1])
+            rel = (ct - ct[0]).astype(np.float64)
+            x = (at[use] - ct[0]).astype(np.float64)
+            cmd = np.stack([np.interp(x, rel, cp[:, j]) for j in range(cp.shape[1])], axis=1)
+            out.append(mp[use] - cmd)
+        return np.concatenate(out) if out else np.zeros((0, cmd_pos.shape[1]))
 
     err = errors(0)
+    if len(err) < 20:
+        return {**empty, "actuation_lag_ms": lag_ms}
     out = {
         "actuation_lag_ms": lag_ms,
         "tracking_rms_rad": float(np.sqrt(np.mean(err**2))),
@@ -163,15 +194,39 @@ def tracking(rec: LoopRecording, max_lag_ms: float) -> dict[str, Any]:
     return out
 
 
+def _windowed_lag_ms(segments: list[tuple], meas_t: np.ndarray, meas_pos: np.ndarray,
+                     windows: list[tuple[int, int]], max_lag_ms: float) -> float | None:
+    """The actuation lag from separate stretches of motion: each window's commands (the
+    trajectories that arrived in it) against its own measurements, the cost curves summed.
+    Commands from before a window (the previous episode's hold, at another pose) never face
+    its measurements, which would pull the estimate towards zero lag."""
+    total = None
+    lags = None
+    for start_ns, end_ns in windows:
+        segs = [seg for seg in segments if start_ns <= seg[3] <= end_ns]
+        inside = (meas_t >= start_ns) & (meas_t <= end_ns)
+        if len(segs) < 2 or inside.sum() < 20:
+            continue
+        cmd_t, cmd_pos = commanded_series(segs)
+        curve = lag_cost_curve(cmd_t, cmd_pos, meas_t[inside], meas_pos[inside], max_lag_ms=max_lag_ms)
+        if curve is None:
+            continue
+        lags, cost = curve
+        total = cost if total is None else total + cost
+    return None if total is None else best_lag_ms(lags, total)
+
+
 def boundaries(rec: LoopRecording, control_frequency_hz: float, defer: bool) -> dict[str, Any]:
     """The chunk-boundary numbers of the recording (module docstring): chunk trajectories in
-    arrival order; a hold (one point, stamp 0) ends what was executing, so the next chunk is
-    not a replan. (Tracking error: :func:`tracking`.)"""
+    arrival order; a hold (one point: the node's hold-position trajectory; the monitor records
+    its zero stamp as the arrival time) ends what was executing, so the next chunk is not a
+    replan (in the demo the scene is reset between the hold and the next chunk).
+    (Tracking error: :func:`tracking`.)"""
     stats = HandoverStats(rec.joint_names, defer, window=1_000_000)
     dt_ns = round(1e9 / control_frequency_hz)
     ordered = sorted(rec.trajectories, key=lambda r: r.recv_ns)
     for t in ordered:
-        if len(t.positions) == 1 and t.start_ns == 0:
+        if len(t.positions) == 1:
             stats.reset()
             continue
         dt = int(t.offsets_ns[1] - t.offsets_ns[0]) if len(t.offsets_ns) > 1 else dt_ns
@@ -199,6 +254,7 @@ def summarize(
     cache_entry: dict[str, Any] | None = None,
     real_time_factor: float = 1.0,
     defer_future_trajectories: bool = True,
+    windows: list[tuple[int, int]] | None = None,
 ) -> dict[str, Any]:
     """All the numbers of the demo's summary table, JSON-ready.
 
@@ -224,7 +280,7 @@ def summarize(
         o2p_p50, o2p_p95, o2p_source = percentile(monitor_o2p, 50), percentile(monitor_o2p, 95), "monitor"
     inf_p50 = percentile(inference, 50)
     learned = chunks[-1].latency_compensation_ms if chunks else None
-    track = tracking(rec, max_lag_ms=max(300.0, injected_delay_ms + 250.0))
+    track = tracking(rec, max_lag_ms=max(300.0, injected_delay_ms + 250.0), windows=windows)
     bounds = boundaries(rec, freq, defer_future_trajectories)
     return {
         "duration_s": duration_s,
@@ -377,11 +433,32 @@ def format_table(s: dict[str, Any]) -> str:
     ]  # fmt: skip
     if s.get("real_time_factor", 1.0) != 1.0:
         rows.append(("clock", f"sim time at {s['real_time_factor']:g}x real time (inference is wall time)"))
+    episodes = s.get("episodes")
+    if episodes is not None:
+        if s["tracking_rms_rad"] is not None:
+            rows[[name for name, _ in rows].index("tracking error")] = (
+                "tracking error", _tracking(s) + " (within episodes)")
+        rows.insert(0, ("episodes", _episodes(s)))
     width = max(len(name) for name, _ in rows)
     title = f"reflex-ros demo summary: {s['duration_s']:.0f} s closed loop, actuation delay {s['injected_delay_ms']:g} ms"
     lines = [title, "-" * len(title)]
     lines += [f"  {name:<{width}}  {value}" for name, value in rows]
+    if episodes is not None:
+        n = len(episodes)
+        rate = f" ({100 * s['successes'] / n:.0f}%)" if n else ""
+        lines.append(f"  {s['success']}{rate}")
     return "\n".join(lines)
+
+
+def _episodes(s: dict[str, Any]) -> str:
+    """One entry per episode: seed and outcome."""
+    episodes = s["episodes"]
+    if not episodes:
+        return f"none completed of {s.get('episodes_requested', '?')}"
+    parts = [f"seed {e['seed']} {'ok ' + format(e['time_s'], '.1f') + ' s' if e['success'] else 'FAIL'}"
+             for e in episodes]
+    chunks = [", ".join(parts[i:i + 5]) for i in range(0, len(parts), 5)]
+    return "\n".join(chunks[:1] + [" " * 27 + c for c in chunks[1:]])
 
 
 def write_json(summary: dict[str, Any], path: Path) -> None:

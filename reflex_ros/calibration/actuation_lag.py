@@ -122,7 +122,14 @@ def estimate_actuation_lag_ms(
     curve = lag_cost_curve(cmd_t_ns, cmd_pos, meas_t_ns, meas_pos, max_lag_ms, step_ms, min_motion, min_samples)
     if curve is None:
         return None
-    lags, cost = curve
+    return best_lag_ms(*curve)
+
+
+def best_lag_ms(lags: np.ndarray, cost: np.ndarray) -> float | None:
+    """The minimum of a cost curve (:func:`lag_cost_curve`, or a sum of curves on the same
+    grid from separate stretches of motion), refined by a parabola; None when the curve is too
+    flat to trust or the minimum sits at the far edge (the lag is longer than searched)."""
+    lags, cost = np.asarray(lags, dtype=np.float64), np.asarray(cost, dtype=np.float64)
     best = int(np.argmin(cost))
     high = float(cost.max())
     if high <= 0 or (high - float(cost[best])) / high < MIN_CONTRAST:

@@ -124,6 +124,9 @@ class LoopSubscriber:
     def on_settings_changed(self, changed: Mapping[str, Any], source: str) -> None:
         """Settings were swapped (on the thread that changed them)."""
 
+    def on_hold(self, held: bool) -> None:
+        """``~/hold`` was set (``held``) or released (on the service's thread)."""
+
     def on_housekeeping(self, now_ns: int) -> None:
         """About once a second, off the control path (the node's timer)."""
 
@@ -303,6 +306,7 @@ class ControlLoop:
         from the next observation (rate-limited from the observed state, as always)."""
         with self._publish_lock:
             self.held = bool(on)
+            self._notify("on_hold", self.held)
             if not on:
                 return None
             positions = self.commanded_position()
