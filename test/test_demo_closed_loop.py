@@ -51,6 +51,7 @@ def run_demo(export_dir: Path, delay_ms: float, workdir: Path) -> dict:
     summary_path = workdir / "summary.json"
     cmd = [
         sys.executable, "-m", "reflex_ros.cli", "demo",
+        "--episodes", "0",  # free-running: the random-weight policy has no task to succeed at
         "--duration-s", str(SIM_SECONDS),
         "--actuation-delay-ms", str(delay_ms),
         "--export", str(export_dir),

@@ -63,7 +63,7 @@ def _fail(message: str, code: int = 2) -> int:
 def run_calibrate(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from reflex_ros.calibration.actuation_lag import estimate_actuation_lag_ms
+    from reflex_ros.calibration.actuation_lag import estimate_actuation_lag_ms_over_holds
     from reflex_ros.calibration.cache import CalibrationCache
     from reflex_ros.calibration.measure import measure_engine
     from reflex_ros.calibration.session import CalibrationSession
@@ -116,8 +116,9 @@ def run_calibrate(args: argparse.Namespace) -> int:
             cmd_t, cmd_pos = commanded_series(data.trajectories)
             commanded = np.all(np.isfinite(cmd_pos), axis=0) if cmd_pos.size else np.zeros(0, dtype=bool)
             if commanded.any():
-                lag_ms = estimate_actuation_lag_ms(cmd_t, cmd_pos[:, commanded], data.joint_t_ns,
-                                                   data.joint_pos[:, commanded], max_lag_ms=args.max_lag_ms)
+                # split at holds: a recording of several episodes (or stops) is timed per stretch
+                lag_ms = estimate_actuation_lag_ms_over_holds(data.trajectories, data.joint_t_ns, data.joint_pos,
+                                                              max_lag_ms=args.max_lag_ms, columns=commanded)
             if lag_ms is None:
                 print(f"actuation lag: not estimated (not enough commanded motion within {args.max_lag_ms:g} ms "
                       "of lag to tell)")

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from reflex_ros.calibration.actuation_lag import best_lag_ms, estimate_actuation_lag_ms, lag_cost_curve
+from reflex_ros.calibration.actuation_lag import estimate_actuation_lag_ms_over_holds
 from reflex_ros.control.handover import HandoverStats
 from reflex_ros.control.jtc import commanded_series
 
@@ -150,10 +150,7 @@ def tracking(rec: LoopRecording, max_lag_ms: float,
     if keep.sum() < 20:
         return empty
     meas_t, meas_pos = meas_t[keep], meas_pos[keep]
-    if windows:
-        lag_ms = _windowed_lag_ms(segments, meas_t, meas_pos, windows, max_lag_ms)
-    else:
-        lag_ms = estimate_actuation_lag_ms(cmd_t, cmd_pos, meas_t, meas_pos, max_lag_ms=max_lag_ms)
+    lag_ms = estimate_actuation_lag_ms_over_holds(segments, meas_t, meas_pos, max_lag_ms=max_lag_ms)
 
     # (command series, measured samples) pieces: the whole run, or each window with its own
     # commands (a shifted command never reaches back into the previous episode's hold)
@@ -192,28 +189,6 @@ def tracking(rec: LoopRecording, max_lag_ms: float,
         aligned = errors(int(round(lag_ms * 1e6)))
         out["aligned_rms_rad"] = float(np.sqrt(np.mean(aligned**2)))
     return out
-
-
-def _windowed_lag_ms(segments: list[tuple], meas_t: np.ndarray, meas_pos: np.ndarray,
-                     windows: list[tuple[int, int]], max_lag_ms: float) -> float | None:
-    """The actuation lag from separate stretches of motion: each window's commands (the
-    trajectories that arrived in it) against its own measurements, the cost curves summed.
-    Commands from before a window (the previous episode's hold, at another pose) never face
-    its measurements, which would pull the estimate towards zero lag."""
-    total = None
-    lags = None
-    for start_ns, end_ns in windows:
-        segs = [seg for seg in segments if start_ns <= seg[3] <= end_ns]
-        inside = (meas_t >= start_ns) & (meas_t <= end_ns)
-        if len(segs) < 2 or inside.sum() < 20:
-            continue
-        cmd_t, cmd_pos = commanded_series(segs)
-        curve = lag_cost_curve(cmd_t, cmd_pos, meas_t[inside], meas_pos[inside], max_lag_ms=max_lag_ms)
-        if curve is None:
-            continue
-        lags, cost = curve
-        total = cost if total is None else total + cost
-    return None if total is None else best_lag_ms(lags, total)
 
 
 def boundaries(rec: LoopRecording, control_frequency_hz: float, defer: bool) -> dict[str, Any]:

@@ -142,3 +142,62 @@ def best_lag_ms(lags: np.ndarray, cost: np.ndarray) -> float | None:
     denom = c0 - 2.0 * c1 + c2
     offset = 0.5 * (c0 - c2) / denom if denom > 0 else 0.0
     return float(lags[best] + np.clip(offset, -0.5, 0.5) * (lags[1] - lags[0]))
+
+
+def split_at_holds(segments: Sequence[tuple]) -> list[tuple[list[tuple], int, int | None]]:
+    """Stretches of commanded motion: ``(segments, start_ns, end_ns)`` between one-point
+    trajectories (a hold: the node's ``~/hold``, deactivate, or an operator's stop), which
+    end what was executing. ``start_ns`` is the arrival of a stretch's first trajectory,
+    ``end_ns`` the arrival of the hold that ends it (None: the last one runs to the end).
+    Segments are ``(start_ns, offsets_ns, positions[k, J][, arrival_ns])`` in arrival order."""
+    stretches: list[tuple[list[tuple], int, int | None]] = []
+    current: list[tuple] = []
+    for seg in segments:
+        arrival = int(seg[3]) if len(seg) > 3 and seg[3] is not None else int(seg[0])
+        if np.asarray(seg[2]).shape[0] == 1:  # a hold
+            if current:
+                stretches.append((current, _arrival(current[0]), arrival))
+            current = []
+            continue
+        current.append(seg)
+    if current:
+        stretches.append((current, _arrival(current[0]), None))
+    return stretches
+
+
+def _arrival(seg: tuple) -> int:
+    return int(seg[3]) if len(seg) > 3 and seg[3] is not None else int(seg[0])
+
+
+def estimate_actuation_lag_ms_over_holds(
+    segments: Sequence[tuple],
+    meas_t_ns: Sequence[int] | np.ndarray,
+    meas_pos: Sequence[Sequence[float]] | np.ndarray,
+    max_lag_ms: float = 300.0,
+    step_ms: float = 2.0,
+    columns: np.ndarray | None = None,
+) -> float | None:
+    """:func:`estimate_actuation_lag_ms` for a recording that holds more than once (a demo's
+    episodes, a robot stopped and restarted): each stretch's commands face only its own
+    measurements and the cost curves are summed. Across a hold the arm may be moved (a scene
+    reset, a hand), and the stale hold command next to it would pull the estimate towards 0 ms
+    (measured: 7 ms for a 150 ms delay). ``columns``: the joints to use (bool mask)."""
+    from reflex_ros.control.jtc import commanded_series
+
+    meas_t = np.asarray(meas_t_ns, dtype=np.int64).reshape(-1)
+    meas = np.asarray(meas_pos, dtype=np.float64)
+    total = lags = None
+    for group, start_ns, end_ns in split_at_holds(segments):
+        inside = (meas_t >= start_ns) & (meas_t < (end_ns if end_ns is not None else np.iinfo(np.int64).max))
+        if len(group) < 2 or inside.sum() < MIN_SAMPLES:
+            continue
+        cmd_t, cmd_pos = commanded_series(group)
+        m = meas[inside]
+        if columns is not None:
+            cmd_pos, m = cmd_pos[:, columns], m[:, columns]
+        curve = lag_cost_curve(cmd_t, cmd_pos, meas_t[inside], m, max_lag_ms, step_ms)
+        if curve is None:
+            continue
+        lags, cost = curve
+        total = cost if total is None else total + cost
+    return None if total is None else best_lag_ms(lags, total)
