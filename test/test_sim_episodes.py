@@ -77,3 +77,17 @@ def test_reset_puts_the_cube_at_the_seeds_pose_and_drops_the_running_trajectory(
         bad = _reset(listener, sim, seed=-3)
         assert not bad.success and "seed must be >= 0" in bad.message
         assert sim.alive
+
+
+def test_a_driver_that_ignores_stamps_starts_a_future_trajectory_on_arrival(listener, tmp_path: Path):
+    """ignore_trajectory_stamps: points run at arrival + time_from_start (many arm drivers do
+    this); a trajectory stamped 3 s ahead moves the arm at once instead of waiting."""
+    with sim_process(tmp_path, "camera_rate_hz:=0.0", "ignore_trajectory_stamps:=true",
+                     "defer_future_trajectories:=true") as sim:
+        listener.wait_for(lambda: len(listener.joint_states) >= 20, STARTUP_TIMEOUT_S, "joint states", sim)
+        now = stamp_ns(listener.joint_states[-1])
+        target = np.array([0.5, 0.0, 0.0, 0.0, 0.0, 0.0])
+        listener.traj_pub.publish(make_trajectory(now + 3_000_000_000, [0.3], [target.tolist()]))
+        listener.wait_for(lambda: stamp_ns(listener.joint_states[-1]) > now + 1_500_000_000, STARTUP_TIMEOUT_S,
+                          "1.5 s of sim time", sim)
+        assert positions_of(listener.joint_states[-1])[0] > 0.4  # moving long before the stamp

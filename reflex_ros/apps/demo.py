@@ -439,9 +439,11 @@ def _run(
     try:
         node_params.update(_parse_params(args.policy_param))
         # the node plans chunk boundaries for the controller it drives: the sim's takeover rule
-        defer = bool(_parse_params([p for p in sim_params + args.sim_param
-                                    if p.startswith("defer_future_trajectories:=")] or
-                                   ["defer_future_trajectories:=false"]).get("defer_future_trajectories"))
+        sim_given = _parse_params([p for p in sim_params + args.sim_param
+                                   if p.startswith(("defer_future_trajectories:=", "ignore_trajectory_stamps:="))])
+        # a driver that ignores stamps starts every chunk on arrival: no deferral to plan for
+        defer = bool(sim_given.get("defer_future_trajectories", False)) and not sim_given.get(
+            "ignore_trajectory_stamps", False)
         node_params.setdefault("defer_future_trajectories", defer)
     except ValueError as exc:
         console.line(f"reflex-ros demo: {exc}")

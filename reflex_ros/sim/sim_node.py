@@ -22,6 +22,7 @@ Run it with ``reflex-ros sim`` or ``python -m reflex_ros.sim.sim_node --ros-args
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import threading
 import time
@@ -92,6 +93,9 @@ SIM_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("defer_future_trajectories", bool, False, "a future-stamped trajectory waits for its stamp while the "
               "active one keeps running (JTC trajectory deferral); false = it takes over on arrival "
               "(Humble/Jazzy JTC)", read_only=True),
+    ParamSpec("ignore_trajectory_stamps", bool, False, "start every trajectory when it arrives, whatever its "
+              "header.stamp (a driver that executes points at arrival + time_from_start; the node's latency "
+              "compensation is then what keeps stale rows out)", read_only=True),
     ParamSpec("initial_positions", "float[]", None, "start pose, one value per joint; empty = zeros",
               read_only=True),
     ParamSpec("pick_task", bool, True, "the pick-the-cube task: jaw pads on (the grasp the demo policy was "
@@ -184,6 +188,7 @@ class SimNode(Node):
         self._executor = TrajectoryExecutor(names, initial, defer_future=p["defer_future_trajectories"])
         self._delay = CommandDelayLine(int(round(p["actuation_delay_ms"] * 1e6)), initial)
         self._open_loop = p["open_loop_control"]
+        self._ignore_stamps = p["ignore_trajectory_stamps"]
         self._step_ns = int(round(self.arm.timestep_s * 1e9))
         self._js_period_ns = int(round(1e9 / p["joint_state_rate_hz"]))
         self._cam_period_ns = int(round(1e9 / p["camera_rate_hz"])) if p["camera_rate_hz"] > 0 else 0
@@ -241,7 +246,7 @@ class SimNode(Node):
             f"SO-101 sim: joints {list(names)}; {p['joint_states_topic']} at {p['joint_state_rate_hz']:g} Hz; "
             f"{image_topic} {self._image_size}x{self._image_size} rgb8 at {p['camera_rate_hz']:g} Hz; "
             f"trajectories from {p['trajectory_topic']} "
-            f"({'deferred until their stamp' if p['defer_future_trajectories'] else 'take over on arrival'}"
+            f"({'started on arrival, stamps ignored' if p['ignore_trajectory_stamps'] else 'deferred until their stamp' if p['defer_future_trajectories'] else 'take over on arrival'}"
             f"{', open loop' if p['open_loop_control'] else ''})"
             + (f" and goals on {self.resolve_topic_name(self._action.action_name)}" if self._action else "")
             + (f"; pick task (jaw pads, {self.resolve_topic_name('~/reset_episode')}, "
@@ -282,6 +287,8 @@ class SimNode(Node):
             return
         with self._lock:
             now_ns = self.sim_now_ns()
+            if self._ignore_stamps:
+                trajectory = dataclasses.replace(trajectory, start_ns=0)  # 0 = when it arrives
             measured = None if self._open_loop else self.arm.state().positions
             result = self._executor.submit(trajectory, now_ns, measured)
         if result.unknown_joints:
