@@ -118,3 +118,17 @@ def test_one_closed_loop_episode_lifts_the_cube(engine, sim) -> None:
     result = run_episode(task, renderer.render, policy, ROLLOUT_SEED, RolloutConfig(execute_steps=10))
     assert result.max_lift_m > SUCCESS_HEIGHT_M, result.line()
     assert result.success, result.line()
+
+
+def test_one_episode_through_the_serving_path_pieces_lifts_the_cube(engine, sim) -> None:
+    """The same policy through plan_chunk (so100 limits), the sim's deferring trajectory
+    executor and its actuation delay line, with 150 ms of delay and compensation learned."""
+    from reflex_ros.sim.policy_rollout import NodeLoopConfig, engine_policy, run_episode_node
+    from reflex_ros.sim.task import SUCCESS_HEIGHT_M
+
+    task, renderer = sim
+    policy = engine_policy(engine, CAMERA, INSTRUCTION, seed=ROLLOUT_SEED)
+    config = NodeLoopConfig(actuation_delay_ms=150.0, latency_compensation_ms=180.0, publish_latency_ms=30.0)
+    result = run_episode_node(task, renderer.render, policy, ROLLOUT_SEED, config)
+    assert result.max_lift_m > SUCCESS_HEIGHT_M, result.line()
+    assert result.success, result.line()

@@ -113,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--actuation-delay-ms", type=float, default=0.0, help="--node-loop: the sim's actuation delay")
     p.add_argument("--latency-compensation-ms", type=float, default=0.0, help="--node-loop: the node's L")
     p.add_argument("--no-defer", action="store_true", help="--node-loop: JTC takes over on arrival (Humble/Jazzy)")
+    p.add_argument("--camera-size", type=int, default=None,
+                   help="render the camera at this side (default: the policy's 96); the engine resizes")
     p.add_argument("--sampling-bounds", type=float, nargs=4, metavar=("X0", "Y0", "X1", "Y1"), default=None,
                    help="cube sampling box in metres (default: the package's 0.2 -0.1 0.4 0.1)")
     p.add_argument("--json", type=Path, default=None, help="write per-episode results and the summary here")
@@ -142,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     info = engine.info
     bounds = np.asarray(args.sampling_bounds, float).reshape(2, 2) if args.sampling_bounds else SAMPLING_BOUNDS
     task = PickTask(sampling_bounds=bounds)
-    renderer = ArmRenderer(task.model, image_size=info.image_size, camera="front")
+    renderer = ArmRenderer(task.model, image_size=args.camera_size or info.image_size, camera="front")
     dt_ms = 1e3 / task.control_hz
     delay_steps = max(0, math.ceil(args.delay_ms / dt_ms - 1e-6))
     config = RolloutConfig(execute_steps=args.execute_steps, delay_steps=delay_steps,
@@ -159,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         loop = (f"delay {args.delay_ms:g} ms = {delay_steps} rows ({config.latency_mode}), node safety "
                 f"{'on' if chunk_filter else 'off'}")
-    print(f"{info.model_type} {info.engine}/{info.provider}, camera {info.camera_names[0]} {info.image_size}px at "
+    print(f"{info.model_type} {info.engine}/{info.provider}, camera {info.camera_names[0]} {args.camera_size or info.image_size}px at "
           f"15 Hz, control {task.control_hz:g} Hz, K={config.execute_steps}, {loop}, "
           f"cube box x {bounds[:, 0]} y {bounds[:, 1]} m", flush=True)
 
