@@ -9,6 +9,8 @@
 # after a call), so the calls are made back to back:
 #   device run  carry [".ortparts/pN"]   bash benchmarks/gpu_issue15.sh stash N        (N = 1..6)
 #   device run  carry [".ortparts/p7"]   bash benchmarks/gpu_issue15.sh run 7          (joins, checks, runs)
+#   device run  carry [".ortparts/p7"]   bash benchmarks/gpu_issue15.sh bench 7        (joins, checks; only the
+#                                         `reflex-ros bench --engine onnx --provider CUDAExecutionProvider` table)
 # Output: $OUT/15_ort_cuda.txt (and the log of every stage).
 set -o pipefail
 export PYTHONUNBUFFERED=1
@@ -25,6 +27,25 @@ SHA=05d548956197b9d01f59b625de740e0d6be3593f874e241a12dc0362650ecdf7
 cp "$ROOT"/.ortparts/p"$PART"/part* /tmp/ortp/
 ls -la /tmp/ortp | tee -a "$OUT/15_carry.txt"
 [ "$MODE" = stash ] && exit 0
+
+if [ "$MODE" = bench ]; then
+  {
+    cat /tmp/ortp/part* > /tmp/$WHEEL
+    echo "$SHA  /tmp/$WHEEL" | sha256sum -c - || { echo "wheel checksum FAILED: a part is missing"; exit 1; }
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/ortsite /tmp/$WHEEL
+    export PYTHONPATH=/tmp/ortsite:$ROOT
+    timeout 150 $PY -m reflex_ros.cli export --model small --output /tmp/small32 --mode decomposed --fixtures 2 \
+      --parity-provider cuda | tail -2
+    for graph in "" "--cuda-graph"; do
+      echo "== reflex-ros bench /tmp/small32 --engine onnx --provider CUDAExecutionProvider $graph"
+      timeout 120 $PY -m reflex_ros.cli bench /tmp/small32 --engine onnx --provider CUDAExecutionProvider $graph \
+        --iters 50 --warmup 5 2>&1 | grep -v "W:onnxruntime"
+    done
+    echo "== reflex-ros bench /tmp/small32 --engine torch --cuda-graph --dtype fp32 (the same export, same run)"
+    timeout 120 $PY -m reflex_ros.cli bench /tmp/small32 --engine torch --cuda-graph --dtype fp32 --iters 50 --warmup 5
+  } 2>&1 | tee "$OUT/15_bench.txt"
+  exit 0
+fi
 
 LOG=$OUT/15_ort_cuda.txt
 {
