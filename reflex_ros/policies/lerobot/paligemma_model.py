@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -33,6 +34,7 @@ from reflex_ros.policies.lerobot.paligemma_spec import EXPERT, LANG, PALI, VISIO
 from reflex_ros.policies.lerobot.rope import RotaryEmbedding
 from reflex_ros.policies.lerobot.siglip import SiglipVisionTower
 from reflex_ros.policies.lerobot.spec import FamilySpec
+from reflex_ros.policies.lerobot.weights import load_lerobot_weights
 
 #: our module prefix -> LeRobot key prefix
 PREFIX_MAP = {
@@ -181,6 +183,35 @@ class PaliGemmaWithExpert(nn.Module):
             assert cond is not None
             return norm(x, cond)
         return norm(x), None
+
+
+class PaliGemmaPolicy:
+    """What pi0 and pi0.5 share around their :class:`PaliGemmaWithExpert` backbone (a mixin:
+    the model sets ``spec``, ``backbone`` and ``weight_prefix_map``): strict LeRobot weight
+    loading, the prefix length and KV shapes, and the prefix pass (images + language -> the
+    per-layer KV the expert attends to)."""
+
+    def load_lerobot_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> None:
+        """Load LeRobot-named tensors (``LeRobotCheckpoint.load_state_dict()``), strictly."""
+        assert self.spec.vlm is not None
+        load_lerobot_weights(self, state_dict, self.weight_prefix_map(), unused_weight_patterns(self.spec.vlm.num_layers))
+
+    @property
+    def prefix_len(self) -> int:
+        return self.spec.num_cameras * self.backbone.tokens_per_image + self.spec.tokenizer_max_length
+
+    def kv_shapes(self, batch: int | str) -> list[tuple[int | str, ...]]:
+        return self.backbone.kv_shapes(batch, self.prefix_len)
+
+    def embed_prefix(self, images, image_masks, lang_tokens, lang_masks):  # noqa: ANN001, ANN201
+        """``(embs, pad_masks, att_masks)`` as LeRobot's ``embed_prefix`` (for stage tests)."""
+        return self.backbone.embed_prefix(images, image_masks, lang_tokens, lang_masks)
+
+    def prefix(
+        self, images: torch.Tensor, image_masks: torch.Tensor, lang_tokens: torch.Tensor, lang_masks: torch.Tensor
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        embs, pad, ar = self.backbone.embed_prefix(images, image_masks, lang_tokens, lang_masks)
+        return self.backbone.prefix_kv(embs, pad, ar), pad
 
 
 def _gated(residual: torch.Tensor, branch: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:

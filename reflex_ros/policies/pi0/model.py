@@ -15,17 +15,12 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
-from reflex_ros.policies.lerobot.paligemma_model import (
-    PREFIX_MAP,
-    PaliGemmaWithExpert,
-    unused_weight_patterns,
-)
+from reflex_ros.policies.lerobot.paligemma_model import PREFIX_MAP, PaliGemmaPolicy, PaliGemmaWithExpert
 from reflex_ros.policies.lerobot.spec import FamilySpec
 from reflex_ros.policies.lerobot.time_embedding import SinusoidalTimeEmbedding
-from reflex_ros.policies.lerobot.weights import load_lerobot_weights
 
 
-class Pi0Model(nn.Module):
+class Pi0Model(PaliGemmaPolicy, nn.Module):
     """``prefix`` once per chunk, ``velocity`` once per Euler step (both ONNX-traceable)."""
 
     prefix_input_names: tuple[str, ...] = ("images", "image_masks", "lang_tokens", "lang_masks")
@@ -50,28 +45,6 @@ class Pi0Model(nn.Module):
     def weight_prefix_map(self) -> dict[str, str]:
         heads = ("state_proj", "action_in_proj", "action_out_proj", "action_time_mlp_in", "action_time_mlp_out")
         return {**{"backbone." + k: v for k, v in PREFIX_MAP.items()}, **{f"{h}.": f"model.{h}." for h in heads}}
-
-    def load_lerobot_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> None:
-        """Load LeRobot-named tensors (``LeRobotCheckpoint.load_state_dict()``), strictly."""
-        assert self.spec.vlm is not None
-        load_lerobot_weights(self, state_dict, self.weight_prefix_map(), unused_weight_patterns(self.spec.vlm.num_layers))
-
-    @property
-    def prefix_len(self) -> int:
-        return self.spec.num_cameras * self.backbone.tokens_per_image + self.spec.tokenizer_max_length
-
-    def kv_shapes(self, batch: int | str) -> list[tuple[int | str, ...]]:
-        return self.backbone.kv_shapes(batch, self.prefix_len)
-
-    def embed_prefix(self, images, image_masks, lang_tokens, lang_masks):  # noqa: ANN001, ANN201
-        """``(embs, pad_masks, att_masks)`` as LeRobot's ``embed_prefix`` (for stage tests)."""
-        return self.backbone.embed_prefix(images, image_masks, lang_tokens, lang_masks)
-
-    def prefix(
-        self, images: torch.Tensor, image_masks: torch.Tensor, lang_tokens: torch.Tensor, lang_masks: torch.Tensor
-    ) -> tuple[list[torch.Tensor], torch.Tensor]:
-        embs, pad, ar = self.backbone.embed_prefix(images, image_masks, lang_tokens, lang_masks)
-        return self.backbone.prefix_kv(embs, pad, ar), pad
 
     def embed_suffix(self, x_t: torch.Tensor, t: torch.Tensor, state: torch.Tensor):  # noqa: ANN201
         """``(embs [B, 1 + chunk, w], pad, ar)``: state token, then action+time tokens."""
