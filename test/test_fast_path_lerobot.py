@@ -10,15 +10,14 @@ builder is exercised at its tiny size (same code, same layouts), in bf16 and fp8
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from test_lerobot_parity import built, hf_env  # the fixture checkpoints, built once per session
 
 from reflex_ros.engine.capture_cache import graph_key
 from reflex_ros.engine.kernels import MASKED
@@ -38,28 +37,6 @@ CASES = sorted(str(p.parent.parent.relative_to(DATA)) for p in DATA.rglob("check
 CUDA = torch.cuda.is_available()
 TRITON_OK = CUDA or os.environ.get("TRITON_INTERPRET") == "1"
 REL = 1e-5
-
-
-@contextlib.contextmanager
-def hf_env(case: str) -> Iterator[None]:
-    own = DATA / case / "hf_cache"
-    saved = {k: os.environ.get(k) for k in ("HF_HOME", "HF_HUB_OFFLINE", "HF_HUB_CACHE")}
-    os.environ.update({"HF_HOME": str(own if own.is_dir() else DATA / "hf_cache"), "HF_HUB_OFFLINE": "1"})
-    os.environ.pop("HF_HUB_CACHE", None)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-@functools.cache
-def built(case: str):  # noqa: ANN201
-    with hf_env(case):
-        return build_from_checkpoint(str(DATA / case / "checkpoint"))
 
 
 def fixture_inputs(case: str, name: str) -> tuple[dict, dict]:

@@ -309,15 +309,15 @@ def _diag_num(diag: dict[str, str], key: str, digits: int = 1) -> str:
         return "n/a"
 
 
-def _status_text(elapsed_s: float, duration_s: float, monitor: Any, target_hz: float, cold_ms: float) -> str:
-    """One line, short enough not to wrap (it is redrawn in place)."""
+def _status_text(label: str, monitor: Any, target_hz: float, cold_ms: float) -> str:
+    """``[label]`` and the loop's numbers: one line, short enough not to wrap (it is redrawn in place)."""
     _, _, n_chunks = monitor.counts()
     diag = monitor.diagnostics()
     chunk = monitor.latest_chunk()
     comp = f"{cold_ms:.0f} -> {chunk.latency_compensation_ms:.0f}" if chunk else f"{cold_ms:.0f}"
     calib = diag.get("calibration_state", "").split(";")[-1].strip() or "?"
     return (
-        f"[{elapsed_s:3.0f}/{duration_s:.0f} s] {n_chunks} chunks, "
+        f"[{label}] {n_chunks} chunks, "
         f"{_diag_num(diag, 'publish_rate_hz', 2)}/{target_hz:.2f} Hz | inference p50 "
         f"{_diag_num(diag, 'inference_p50_ms')} ms | obs->pub p95 {_diag_num(diag, 'obs_to_publish_p95_ms', 0)} ms"
         f" | latency comp {comp} ms ({calib})"
@@ -356,8 +356,8 @@ def _run_episodes(args: argparse.Namespace, driver: Any, monitor: Any, console: 
         seed = args.seed + i
 
         def status(t_s: float, timeout_s: float, i: int = i, seed: int = seed) -> None:
-            console.status(f"[episode {i + 1}/{args.episodes} seed {seed}: {t_s:4.1f}/{timeout_s:g} s] "
-                           + _status_text(0.0, 0.0, monitor, target_hz, cold_ms).split("] ", 1)[1])
+            console.status(_status_text(f"episode {i + 1}/{args.episodes} seed {seed}: {t_s:4.1f}/{timeout_s:g} s",
+                                        monitor, target_hz, cold_ms))
         try:
             result = driver.run(i, seed, args.episode_timeout_s, stop, alive, on_status=status)
         except EpisodeError as exc:
@@ -521,7 +521,7 @@ def _run(
                             break
                         if not alive():
                             break
-                        console.status(_status_text(ran_s, args.duration_s, monitor, target_hz,
+                        console.status(_status_text(f"{ran_s:3.0f}/{args.duration_s:.0f} s", monitor, target_hz,
                                                     emb.latency_compensation_ms))  # fmt: skip
                         stop.wait(min(1.0, max(0.05, args.duration_s - ran_s)))
                     if failure is None and not stop.is_set() and not alive():
