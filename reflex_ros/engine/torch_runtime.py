@@ -1,9 +1,10 @@
 """PyTorch engine: eager, or CUDA Graph replay of the prefix plus the whole NFE loop.
 
-Graph mode keeps static device buffers for every input (uint8 images, tokens, mask, state,
-noise, beta) and output. An inference copies the numpy inputs through pinned host buffers
-into them, replays two graphs back to back on one stream, and copies the actions back: the
-only host sync is the final one.
+Graph mode keeps static device buffers for every input (images, tokens, mask, state, noise,
+beta) and output. An inference copies the numpy inputs through pinned host buffers into them
+(the camera frames as uint8, resized on the GPU where the processor allows it:
+``engine/device_frames.py``), replays two graphs back to back on one stream, and copies the
+actions back: the only host sync is the final one.
 
 Why two graphs (prefix, denoise) rather than one: CUDA events recorded on the stream between
 the two replays give the prefix/denoise split for free (no sync, ~a few us of launch), and the
@@ -31,6 +32,7 @@ import numpy as np
 import torch
 
 from reflex_ros.engine.capture_cache import CaptureCache, GraphKey, graph_key
+from reflex_ros.engine.device_frames import DeviceFrames
 from reflex_ros.engine.precision import dtype_name, resolve_dtype
 from reflex_ros.engine.sampler import denoise, vjp_guide
 from reflex_ros.engine.schedule import (
@@ -46,6 +48,7 @@ from reflex_ros.engine.schedule import (
 )
 from reflex_ros.engine.types import (
     ANY_NFE,
+    FRAME_PREFIX,
     GUIDE_GUIDED,
     GUIDE_INPAINT,
     ChunkGuide,
@@ -195,6 +198,7 @@ class TorchEngine:
         fused: bool | None = None,
         model_type: str = "",
         extra: dict[str, str] | None = None,
+        device_images: bool | None = None,
     ) -> None:
         self.device = resolve_device(device, cuda_graph)
         # fp8 = bf16 weights + e4m3 GEMMs on the family's fused graph path (engine/fp8.py)
@@ -224,6 +228,15 @@ class TorchEngine:
                 raise ValueError("fused=True but this model has no fast path (see the family's fast_path)")
         elif fused:
             raise ValueError("fused=True needs the family's fast path")
+        # graph replays take the cameras' uint8 frames and resize them on the GPU when the
+        # processor has a torch twin of its image step (engine/device_frames.py); False keeps
+        # the host (numpy) image path
+        can_frames = callable(getattr(processor, "device_images", None))
+        if device_images and not (can_frames and self.cuda_graph):
+            raise ValueError("device_images=True needs cuda_graph=True and a processor with a device_images step")
+        self.device_images = bool(self.cuda_graph and can_frames and device_images is not False)
+        self._frames = DeviceFrames(processor.device_images(self.device), self.device,
+                                    len(processor.camera_names)) if self.device_images else None
         self.supported_nfe = tuple(int(n) for n in supported_nfe)
         self.default_nfe = check_nfe(
             default_nfe if default_nfe is not None else (10 if 10 in self.supported_nfe else max(self.supported_nfe)),
@@ -242,6 +255,7 @@ class TorchEngine:
             info_extra["gpu"] = torch.cuda.get_device_name(self.device)
         if self.cuda_graph:
             info_extra["graph_path"] = f"fused-{self.fused.backend}" if self.fused is not None else "reference"
+            info_extra["images"] = "device" if self.device_images else "host"
         self.info = EngineInfo(
             engine="torch",
             provider=self.device.type,
@@ -287,7 +301,8 @@ class TorchEngine:
         c, w = self.info.chunk_size, self.info.action_width
         if guide is not None:
             check_guide(guide, self.info.guide_modes, c, self.info.action_dim)
-        arrays = self.processor.prepare(obs, beta)
+        arrays = self.processor.prepare(obs, beta, device_images=True) if self.device_images else \
+            self.processor.prepare(obs, beta)
         arrays["noise"] = validate_noise(noise, c, w) if noise is not None else make_noise(self._rng, c, w)
         if guide is not None:
             arrays[GUIDE_TARGET], arrays[GUIDE_WEIGHTS] = guide_arrays(
@@ -375,8 +390,12 @@ class TorchEngine:
         plan = self.graphs.get(key) if guide is None else self.guided_graphs[guide.mode].get(key)
         clock.mark()
         for name, arr in arrays.items():
+            if name.startswith(FRAME_PREFIX):
+                continue
             plan.host[name].numpy()[...] = plan.runner.stage(name, arr)
             plan.inputs[name].copy_(plan.host[name], non_blocking=True)
+        if self._frames is not None:
+            self._frames.load(arrays, plan.inputs["images"])
         if beta is not None:
             plan.inputs["beta"].fill_(beta)
         if guide is not None:

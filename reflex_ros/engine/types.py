@@ -186,3 +186,12 @@ NFE_CHOICES: tuple[int, ...] = (1, 2, 4, 8, 10)
 #: (its expert graph is one step), a monolithic one only its unrolled NFE
 MAX_NFE = 100
 ANY_NFE: tuple[int, ...] = tuple(range(1, MAX_NFE + 1))
+
+#: the prefix of the arrays a processor's ``prepare(..., device_images=True)`` hands over:
+#: one uint8 (H, W, 3) frame per present camera slot, resized on the GPU by the torch engine
+FRAME_PREFIX = "frame_"
+
+
+def frame_name(slot: int) -> str:
+    """The array name of camera slot ``slot``'s raw frame (see :data:`FRAME_PREFIX`)."""
+    return f"{FRAME_PREFIX}{int(slot)}"

@@ -57,10 +57,17 @@ class ObservationProcessor:
     def input_specs(self) -> list[tuple[str, str, tuple[int | str, ...]]]:
         return self.inner.input_specs()
 
-    def prepare(self, obs: Observation, cfg_beta: float | None = None) -> dict[str, np.ndarray]:
+    def prepare(self, obs: Observation, cfg_beta: float | None = None,
+                device_images: bool = False) -> dict[str, np.ndarray]:
+        """The model inputs; ``device_images``: raw uint8 frames instead of ``images``
+        (``LeRobotProcessor.prepare``), for the torch engine's graphs."""
         frames = camera_images(obs, self.camera_names, allow_missing=True)
         present = {k: v for k, v in frames.items() if v is not None}
-        return self.inner.prepare(present, obs.state, obs.instruction, cfg_beta)
+        return self.inner.prepare(present, obs.state, obs.instruction, cfg_beta, device_images=device_images)
+
+    def device_images(self, device: Any) -> Any:
+        """The family's image step in torch (``images_torch.DeviceImages``)."""
+        return self.inner.device_images(device)
 
     def postprocess(self, x: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(self.inner.postprocess(x), dtype=np.float32)

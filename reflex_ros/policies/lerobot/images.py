@@ -55,7 +55,7 @@ def bilinear_resize(img: np.ndarray, height: int, width: int) -> np.ndarray:
     return out.astype(np.float32, copy=False)
 
 
-def _fit(in_h: int, in_w: int, height: int, width: int) -> tuple[int, int]:
+def fit_size(in_h: int, in_w: int, height: int, width: int) -> tuple[int, int]:
     """The resized size that keeps the aspect ratio inside ``height x width``; the same
     Python float arithmetic as LeRobot, so the integer truncation matches."""
     ratio = max(in_w / width, in_h / height)
@@ -64,20 +64,20 @@ def _fit(in_h: int, in_w: int, height: int, width: int) -> tuple[int, int]:
 
 #: every uint8 value divided by 255 in float32, as LeRobot computes it: a table lookup gives the
 #: same bits as the division, in one pass
-_UNIT = (np.arange(256, dtype=np.float32) / np.float32(255.0)).astype(np.float32)
+UNIT_TABLE = (np.arange(256, dtype=np.float32) / np.float32(255.0)).astype(np.float32)
 #: ``(x / 255) * 2 - 1`` with LeRobot's float32 roundings, for an image used at its own size
-_SIGNED = (_UNIT * np.float32(2.0) - np.float32(1.0)).astype(np.float32)
+SIGNED_TABLE = (UNIT_TABLE * np.float32(2.0) - np.float32(1.0)).astype(np.float32)
 
 
 def uint8_to_unit(rgb: np.ndarray) -> np.ndarray:
     """``uint8 (H, W, 3)`` -> float32 in [0, 1] (LeRobot divides by 255 in float32)."""
-    return _UNIT[np.asarray(rgb, dtype=np.uint8)]
+    return UNIT_TABLE[np.asarray(rgb, dtype=np.uint8)]
 
 
 def _same_size_chw(rgb: np.ndarray) -> np.ndarray:
     """A camera already at the model's size: no resize and no pad, so [-1, 1] CHW straight
     from the lookup table (indexing with the transposed view writes CHW contiguously)."""
-    return _SIGNED[np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)]
+    return SIGNED_TABLE[np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)]
 
 
 def resize_with_pad_centered(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -90,7 +90,7 @@ def resize_with_pad_centered(rgb: np.ndarray, height: int, width: int) -> np.nda
     img = uint8_to_unit(rgb)
     in_h, in_w = img.shape[:2]
     if (in_h, in_w) != (int(height), int(width)):
-        rh, rw = _fit(in_h, in_w, height, width)
+        rh, rw = fit_size(in_h, in_w, height, width)
         img = np.clip(bilinear_resize(img, rh, rw), np.float32(0.0), np.float32(1.0))
         pad_h0, rem_h = divmod(height - rh, 2)
         pad_w0, rem_w = divmod(width - rw, 2)
@@ -108,7 +108,15 @@ def resize_with_pad_top_left(rgb: np.ndarray, height: int, width: int) -> np.nda
     img = uint8_to_unit(rgb)
     in_h, in_w = img.shape[:2]
     if (in_h, in_w) != (int(height), int(width)):
-        rh, rw = _fit(in_h, in_w, height, width)
+        rh, rw = fit_size(in_h, in_w, height, width)
         img = bilinear_resize(img, rh, rw)
         img = np.pad(img, ((max(0, height - rh), 0), (max(0, width - rw), 0), (0, 0)), constant_values=0.0)
     return np.ascontiguousarray((img * np.float32(2.0) - np.float32(1.0)).transpose(2, 0, 1))
+
+
+#: the families' resize-with-pad variants by name: (the numpy function, whether the resized
+#: image is clamped to [0, 1]); ``images_torch.DeviceImages`` reads the same table
+RESIZE_WITH_PAD = {
+    "centered": (resize_with_pad_centered, True),  # pi0 / pi0.5
+    "top_left": (resize_with_pad_top_left, False),  # SmolVLA
+}

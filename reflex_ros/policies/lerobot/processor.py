@@ -21,8 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from reflex_ros.engine.types import ObservationError, UsageError
+from reflex_ros.engine.types import ObservationError, UsageError, frame_name
 from reflex_ros.policies.lerobot.errors import CheckpointError
+from reflex_ros.policies.lerobot.images import RESIZE_WITH_PAD
 from reflex_ros.policies.lerobot.normalization import FeatureNormalizer
 from reflex_ros.policies.lerobot.spec import FamilySpec
 from reflex_ros.policies.lerobot.tokenizer import LeRobotTokenizer
@@ -38,6 +39,8 @@ class LeRobotProcessor:
     supports_cfg: bool = False
     #: prepare() outputs every family has; subclasses may add more
     base_output_names: tuple[str, ...] = ("images", "image_masks", "lang_tokens", "lang_masks")
+    #: the family's resize-with-pad (``images.RESIZE_WITH_PAD``): pi0 / pi0.5 centred, SmolVLA top-left
+    image_pad: str = "centered"
 
     def __init__(
         self,
@@ -117,8 +120,16 @@ class LeRobotProcessor:
 
     # ------------------------------------------------------------------ stages
     def resize_image(self, rgb: np.ndarray) -> np.ndarray:
-        """uint8 ``(H, W, 3)`` -> float32 ``(3, h, w)`` in [-1, 1] (family-specific)."""
-        raise NotImplementedError
+        """uint8 ``(H, W, 3)`` -> float32 ``(3, h, w)`` in [-1, 1], the family's resize-with-pad."""
+        return RESIZE_WITH_PAD[self.image_pad][0](rgb, *self.spec.image_hw)
+
+    def device_images(self, device: Any) -> Any:
+        """The same step in torch on ``device`` (``images_torch.DeviceImages``), for the torch
+        engine's graphs to run on :meth:`prepare`'s ``device_images=True`` frames. Imported
+        here, lazily: the numpy path (ONNX serving) never loads torch."""
+        from reflex_ros.policies.lerobot.images_torch import DeviceImages
+
+        return DeviceImages(*self.spec.image_hw, self.image_pad, device)
 
     def build_prompt(self, task: str, normalized_state: np.ndarray) -> str:
         """The exact string LeRobot tokenizes (family-specific)."""
@@ -131,11 +142,11 @@ class LeRobotProcessor:
         first ``empty_cameras`` of them (overridden there)."""
         return np.ones(len(present), dtype=bool)
 
-    def model_images(self, images: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(images float32 [n, 3, h, w], masks bool [n], slot_exists bool [n])``.
+    def camera_frames(self, images: Mapping[str, np.ndarray]) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+        """``(uint8 (H, W, 3) frames of the present cameras, masks bool [n], slot_exists bool [n])``.
 
-        Present cameras come first in the model's camera order, then one masked -1 image per
-        absent camera, as LeRobot's ``prepare_images`` orders them."""
+        Present cameras come first in the model's camera order (slot ``i`` is ``frames[i]``),
+        then the absent ones, as LeRobot's ``prepare_images`` orders them."""
         keys = self.spec.camera_keys
         unknown = sorted(set(images) - set(keys))
         if unknown:
@@ -143,16 +154,25 @@ class LeRobotProcessor:
         present = [k for k in keys if k in images and images[k] is not None]
         if not present:
             raise ObservationError(f"every camera is missing; at least one of {keys} is required")
-        h, w = self.spec.image_hw
-        out = np.full((len(keys), 3, h, w), -1.0, dtype=np.float32)
-        for slot, key in enumerate(present):
+        frames = []
+        for key in present:
             rgb = np.asarray(images[key])
-            if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+            if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8 or 0 in rgb.shape:
                 raise ObservationError(f"camera {key!r}: expected uint8 (H, W, 3) RGB, got {rgb.dtype} {rgb.shape}")
-            out[slot] = self.resize_image(rgb)
+            frames.append(rgb)
         masks = np.zeros(len(keys), dtype=bool)
         masks[: len(present)] = True
-        return out, masks, self.slot_exists([True] * len(present) + [False] * (len(keys) - len(present)))
+        return frames, masks, self.slot_exists([True] * len(present) + [False] * (len(keys) - len(present)))
+
+    def model_images(self, images: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(images float32 [n, 3, h, w], masks bool [n], slot_exists bool [n])``: the
+        :meth:`camera_frames` resized, with one masked -1 image per absent camera."""
+        frames, masks, slots = self.camera_frames(images)
+        h, w = self.spec.image_hw
+        out = np.full((len(masks), 3, h, w), -1.0, dtype=np.float32)
+        for slot, rgb in enumerate(frames):
+            out[slot] = self.resize_image(rgb)
+        return out, masks, slots
 
     def normalized_state(self, state: np.ndarray) -> np.ndarray:
         """Raw ``(state_dim,)`` -> normalized float32 ``(state_dim,)``."""
@@ -213,22 +233,37 @@ class LeRobotProcessor:
         state: np.ndarray,
         task: str,
         cfg_beta: float | None = None,
+        device_images: bool = False,
     ) -> dict[str, np.ndarray]:
         """The model inputs with a leading batch axis: 1, or 2 = ``[cond, uncond]`` when
-        ``cfg_beta`` is given (RECAP; only families with :attr:`supports_cfg`)."""
+        ``cfg_beta`` is given (RECAP; only families with :attr:`supports_cfg`).
+
+        ``device_images``: instead of ``images``, each present camera's uint8 frame as is,
+        under :func:`~reflex_ros.engine.types.frame_name` of its slot (no batch axis), for
+        the torch engine's graphs to resize on the GPU (:meth:`device_images`)."""
         if cfg_beta is not None and not self.supports_cfg:
             raise UsageError(f"{self.spec.model_type} does not support CFG (cfg_beta); pass cfg_beta=None")
         normalized = self.normalized_state(state)
-        imgs, masks, slots = self.model_images(images)
+        if device_images:
+            frames, masks, slots = self.camera_frames(images)
+            imgs = None
+        else:
+            imgs, masks, slots = self.model_images(images)
         ids, lang_masks = self.tokenize(self.prompts(task, normalized, cfg=cfg_beta is not None))
         batch = ids.shape[0]
         row: dict[str, np.ndarray] = {"images": imgs, "image_masks": masks, "image_slot_masks": slots}
         row.update(self.extra_outputs(normalized, slots))
         out = {"lang_tokens": ids, "lang_masks": lang_masks}
         for name in self.output_names:
-            if name not in out:  # batch 1: a view (no copy of two 512x512 images per inference)
-                out[name] = row[name][None] if batch == 1 else np.repeat(row[name][None], batch, axis=0)
-        return {name: out[name] for name in self.output_names}
+            if name in out or (device_images and name == "images"):
+                continue
+            # batch 1: a view (no copy of two 512x512 images per inference)
+            out[name] = row[name][None] if batch == 1 else np.repeat(row[name][None], batch, axis=0)
+        names = [n for n in self.output_names if n in out]
+        if device_images:
+            out.update({frame_name(slot): np.ascontiguousarray(rgb) for slot, rgb in enumerate(frames)})
+            names += [frame_name(slot) for slot in range(len(frames))]
+        return {name: out[name] for name in names}
 
     def prepare_observation(self, obs: Any, cfg_beta: float | None = None) -> dict[str, np.ndarray]:
         """:meth:`prepare` for an :class:`~reflex_ros.engine.types.Observation` (images as a

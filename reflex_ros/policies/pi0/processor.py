@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from reflex_ros.policies.lerobot.images import resize_with_pad_centered
 from reflex_ros.policies.lerobot.processor import LeRobotProcessor
 
 
@@ -13,9 +12,6 @@ class Pi0Processor(LeRobotProcessor):
     padding) and its ``_preprocess_images`` / ``prepare_state``."""
 
     base_output_names = ("images", "image_masks", "lang_tokens", "lang_masks", "state")
-
-    def resize_image(self, rgb: np.ndarray) -> np.ndarray:
-        return resize_with_pad_centered(rgb, *self.spec.image_hw)
 
     def build_prompt(self, task: str, normalized_state: np.ndarray) -> str:
         """PaliGemma expects the prompt to end with a newline; LeRobot adds one if missing."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from reflex_ros.policies.lerobot.images import resize_with_pad_centered
 from reflex_ros.policies.lerobot.processor import LeRobotProcessor
 
 
@@ -27,9 +26,6 @@ class Pi05Processor(LeRobotProcessor):
 
     supports_cfg = True
     base_output_names = ("images", "image_masks", "lang_tokens", "lang_masks")
-
-    def resize_image(self, rgb: np.ndarray) -> np.ndarray:
-        return resize_with_pad_centered(rgb, *self.spec.image_hw)
 
     def build_prompt(self, task: str, normalized_state: np.ndarray) -> str:
         cleaned = task.strip().replace("_", " ").replace("\n", " ")

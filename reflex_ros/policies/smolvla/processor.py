@@ -6,7 +6,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from reflex_ros.policies.lerobot.images import resize_with_pad_top_left
 from reflex_ros.policies.lerobot.processor import LeRobotProcessor
 
 
@@ -22,8 +21,7 @@ class SmolVLAProcessor(LeRobotProcessor):
     ``image_slot_masks`` input in that mode.
     """
 
-    def resize_image(self, rgb: np.ndarray) -> np.ndarray:
-        return resize_with_pad_top_left(rgb, *self.spec.image_hw)
+    image_pad = "top_left"
 
     def build_prompt(self, task: str, normalized_state: np.ndarray) -> str:
         return task if task.endswith("\n") else task + "\n"

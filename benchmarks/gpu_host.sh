@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Issue 10, round 3 on the lent GPU: images resized on the device (engine/device_frames.py).
+# The GPU tests of the fast path and the device images, the host-path split (host vs device
+# images, model-size and 640x480 frames), then the --compare tables of SmolVLA and pi0 with
+# the new default. Each stage tees to $OUT/host_*.txt.
+#   device run (timeout_s 600): bash benchmarks/gpu_host.sh
+set -o pipefail
+export PYTHONUNBUFFERED=1
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+OUT=${OUT:-$ROOT/.device-out}
+mkdir -p "$OUT"
+PY=${PYTHON:-python3}
+export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
+START=$(date +%s)
+left() { echo $(( 560 - ($(date +%s) - START) )); }
+
+run() {  # run NAME LIMIT_S CMD...
+  local name=$1 limit=$2; shift 2
+  local l; l=$(left)
+  [ "$l" -lt 30 ] && { echo "[$name] skipped: ${l}s left" | tee -a "$OUT/host_summary.txt"; return 0; }
+  [ "$limit" -gt "$l" ] && limit=$l
+  echo "===== [$name] limit ${limit}s: $*" | tee -a "$OUT/host_$name.txt"
+  timeout --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$OUT/host_$name.txt"
+  echo "[$name] rc=$? after $(( $(date +%s) - START ))s" | tee -a "$OUT/host_summary.txt"
+}
+
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/host_gpu.txt"
+run tests 120 $PY -m pytest -q -rs -p no:cacheprovider test/test_device_images.py test/test_fast_path_kernels.py \
+  test/test_fast_path_lerobot.py test/test_engine_torch_runtime.py -k "cuda or triton"
+run split 150 $PY benchmarks/gpu_host_path.py --families pi0 smolvla pi05 --iters 30 --warmup 5
+run smolvla 100 $PY -m reflex_ros.cli bench --family smolvla --size published --compare --tokens 48 --nfe 10 \
+  --iters 20 --warmup 3 --no-sweep --no-fp16
+run pi0 130 $PY -m reflex_ros.cli bench --family pi0 --size published --compare --tokens 48 --nfe 10 \
+  --iters 20 --warmup 3 --no-sweep --no-fp16
+cat "$OUT/host_summary.txt"
