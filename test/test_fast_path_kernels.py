@@ -251,10 +251,24 @@ def test_triton_lerobot_kernels_match_torch_twins() -> None:
     k, v = torch.randn(B * KVH, S, D, generator=g, device=dev), torch.randn(B * KVH, S, D, generator=g, device=dev)
     qf = outs[1][0].view(B * KVH, L * G, D)
     want = ref.attention(qf, k, v, bias, n, tok_limit=lim, rows_per_tok=G, scale=0.3)
+    # fold: the same rows written token-major over the heads ([B * L, KVH * G * D], heads in
+    # model order h = kvh * G + g), the o-projection's input
+    want_fold = want.view(B, KVH, L, G, D).permute(0, 2, 1, 3, 4).reshape(B * L, H * D)
+    torch.testing.assert_close(ref.attention(qf, k, v, bias, n, tok_limit=lim, rows_per_tok=G, scale=0.3,
+                                             fold=(KVH, G)), want_fold, rtol=0, atol=0)
     for split in (1, 2):
-        ops = FusedOps("triton", attn_blocks={"small": (16, 16, 4, 2, split)})
-        got = ops.attention(qf, k, v, bias, n, tok_limit=lim, rows_per_tok=G, scale=0.3)
-        torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+        for inline in (True, False):
+            ops = FusedOps("triton", attn_blocks={"small": (16, 16, 4, 2, split)}, inline_combine=inline)
+            got = ops.attention(qf, k, v, bias, n, tok_limit=lim, rows_per_tok=G, scale=0.3)
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+            out = torch.full((B * L + 3, H * D), 9.0, device=dev)  # a padded buffer, as the o_proj input is
+            folded = ops.attention(qf, k, v, bias, n, tok_limit=lim, rows_per_tok=G, scale=0.3, out=out[: B * L],
+                                   fold=(KVH, G))
+            assert folded.data_ptr() == out.data_ptr() and folded.shape == (B * L, H * D)
+            torch.testing.assert_close(out[: B * L], want_fold, rtol=0, atol=1e-5)
+            assert bool((out[B * L:] == 9.0).all())  # nothing written past the rows
+    with pytest.raises(ValueError, match="fold"):
+        ref.attention(qf, k, v, bias, n, fold=(KVH + 1, G))
     # residual norm: plain, gated + shifted, fp8 out
     M, N = 6, 48
     h0, y = torch.randn(M, N, generator=g, device=dev), torch.randn(M, N, generator=g, device=dev)

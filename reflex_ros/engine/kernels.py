@@ -74,7 +74,8 @@ if HAVE_TRITON:
 
     @triton.jit
     def _attention_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, o_ptr, part_ptr, ml_ptr, cnt_ptr, lim_ptr, R, scale,
-                          q_bstride, kv_bstride, bias_bstride, rows_per_tok, n_keys: tl.constexpr,
+                          q_bstride, kv_bstride, bias_bstride, rows_per_tok, o_kvh, o_outer, o_head, o_group,
+                          o_tok, n_keys: tl.constexpr,
                           D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                           SPLIT: tl.constexpr, KEYS_PER_SPLIT: tl.constexpr, INLINE: tl.constexpr,
                           PRECISION: tl.constexpr, LIMIT: tl.constexpr = False):
@@ -82,13 +83,15 @@ if HAVE_TRITON:
         # with SPLIT > 1 each program takes one slice of the keys (flash-decoding) and writes
         # its normalised partial output and (max, sum); the slices are merged by
         # _attention_combine_kernel, or (INLINE) by the last program of each row block to
-        # finish, found with an atomic counter that it resets for the next call
+        # finish, found with an atomic counter that it resets for the next call. Output row r
+        # of batch b goes to _out_rows (q's layout, or token-major over folded KV heads)
         pid = tl.program_id(0)
         split = tl.program_id(1)
         b = tl.program_id(2)
         rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
         rmask = rows < R
         cols = tl.arange(0, D)
+        o_rows = _out_rows(b, rows, o_kvh, o_outer, o_head, o_group, o_tok, D)
         q = tl.load(q_ptr + b * q_bstride + rows[:, None] * D + cols[None, :], mask=rmask[:, None], other=0.0)
         if LIMIT:  # row r (token r // rows_per_tok) sees keys [0, lim[token]) only (causal blocks)
             lim = tl.load(lim_ptr + rows // rows_per_tok, mask=rmask, other=0)
@@ -116,8 +119,7 @@ if HAVE_TRITON:
             m_i = m_new
         out = acc / tl.maximum(l_i, 1e-30)[:, None]
         if SPLIT == 1:
-            tl.store(o_ptr + b * q_bstride + rows[:, None] * D + cols[None, :], out.to(o_ptr.dtype.element_ty),
-                     mask=rmask[:, None])
+            tl.store(o_ptr + o_rows[:, None] + cols[None, :], out.to(o_ptr.dtype.element_ty), mask=rmask[:, None])
         else:
             part = (b * SPLIT + split) * R
             tl.store(part_ptr + (part + rows[:, None]) * D + cols[None, :], out, mask=rmask[:, None])
@@ -128,11 +130,17 @@ if HAVE_TRITON:
                 counter = cnt_ptr + b * tl.num_programs(0) + pid
                 done = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
                 if done == SPLIT - 1:  # the last slice of this row block: merge all of them
-                    _merge_splits(part_ptr, ml_ptr, o_ptr, b, rows, rmask, cols, R, q_bstride, D, BLOCK_M, SPLIT)
+                    _merge_splits(part_ptr, ml_ptr, o_ptr, b, rows, rmask, cols, R, o_rows, D, BLOCK_M, SPLIT)
                     tl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")
 
     @triton.jit
-    def _merge_splits(part_ptr, ml_ptr, o_ptr, b, rows, rmask, cols, R, q_bstride, D: tl.constexpr,
+    def _out_rows(b, rows, o_kvh, o_outer, o_head, o_group, o_tok, D: tl.constexpr):
+        # element offset of each output row: batch b = (outer, KV head) and row = (token, group
+        # member); q's own layout is o_kvh = o_group = 1, o_outer = q's batch stride, o_tok = D
+        return (b // o_kvh) * o_outer + (b % o_kvh) * o_head + (rows // o_group) * o_tok + (rows % o_group) * D
+
+    @triton.jit
+    def _merge_splits(part_ptr, ml_ptr, o_ptr, b, rows, rmask, cols, R, o_rows, D: tl.constexpr,
                       BLOCK_M: tl.constexpr, SPLIT: tl.constexpr):
         # softmax-weighted merge of SPLIT normalised partials (L2 reads: written by other SMs)
         m = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -151,16 +159,16 @@ if HAVE_TRITON:
             num += w[:, None] * o
             den += w
         out = num / tl.maximum(den, 1e-30)[:, None]
-        tl.store(o_ptr + b * q_bstride + rows[:, None] * D + cols[None, :], out.to(o_ptr.dtype.element_ty),
-                 mask=rmask[:, None])
+        tl.store(o_ptr + o_rows[:, None] + cols[None, :], out.to(o_ptr.dtype.element_ty), mask=rmask[:, None])
 
     @triton.jit
-    def _attention_combine_kernel(part_ptr, ml_ptr, o_ptr, R, q_bstride, D: tl.constexpr,
-                                  BLOCK_M: tl.constexpr, SPLIT: tl.constexpr):
+    def _attention_combine_kernel(part_ptr, ml_ptr, o_ptr, R, o_kvh, o_outer, o_head, o_group, o_tok,
+                                  D: tl.constexpr, BLOCK_M: tl.constexpr, SPLIT: tl.constexpr):
         pid = tl.program_id(0)
         b = tl.program_id(1)
         rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
-        _merge_splits(part_ptr, ml_ptr, o_ptr, b, rows, rows < R, tl.arange(0, D), R, q_bstride, D, BLOCK_M, SPLIT)
+        o_rows = _out_rows(b, rows, o_kvh, o_outer, o_head, o_group, o_tok, D)
+        _merge_splits(part_ptr, ml_ptr, o_ptr, b, rows, rows < R, tl.arange(0, D), R, o_rows, D, BLOCK_M, SPLIT)
 
     @triton.jit
     def _add_rmsnorm_kernel(h_ptr, y_ptr, w_ptr, xn_ptr, N, eps, BLOCK: tl.constexpr):
@@ -402,20 +410,36 @@ class FusedOps:
     # q [B, R, D]; k, v [B, >=n_keys, D] (row stride D); bias [B, >=n_keys] fp32 -> [B, R, D]
     def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
                   n_keys: int, out: torch.Tensor | None = None, tok_limit: torch.Tensor | None = None,
-                  rows_per_tok: int = 1, scale: float | None = None) -> torch.Tensor:
+                  rows_per_tok: int = 1, scale: float | None = None,
+                  fold: tuple[int, int] | None = None) -> torch.Tensor:
         """``out`` (optional, contiguous like q) receives the result.
 
         ``tok_limit`` (int32 [R // rows_per_tok], shared by the batch): query row ``r`` sees only
         keys ``< tok_limit[r // rows_per_tok]`` besides the key bias; this is how LeRobot's
         block-causal masks (a cumulative sum over static per-token flags, so every row sees a
-        prefix of the keys) reach the kernel. ``scale`` defaults to ``1 / sqrt(D)``."""
+        prefix of the keys) reach the kernel. ``scale`` defaults to ``1 / sqrt(D)``.
+
+        ``fold=(kv_heads, group)``: q is ``[B * kv_heads, L * group, D]`` (grouped-query heads
+        folded per KV head) and the result is written token-major, ``[B * L, kv_heads * group
+        * D]`` (the o-projection's input, heads in model order), which saves the copy that
+        would reorder it (one kernel per layer). Returned in that shape."""
         B, R, D = q.shape
         scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+        if fold is not None:
+            kvh, group = (int(f) for f in fold)
+            if B % kvh or R % group:
+                raise ValueError(f"fold {fold} does not divide q {tuple(q.shape)}")
+            shape = (B // kvh * (R // group), kvh * group * D)
+            if out is None:
+                out = torch.empty(shape, dtype=q.dtype, device=q.device)
+            elif out.numel() != q.numel() or not out.is_contiguous():
+                raise ValueError(f"out {tuple(out.shape)} cannot take the folded {shape}")
+            out = out.view(shape)
         if self.backend == "triton":
             assert q.is_contiguous()
             out = torch.empty_like(q) if out is None else out
             self._launch_attention(out, k, v, bias, n_keys, q=q, tok_limit=tok_limit, rows_per_tok=rows_per_tok,
-                                   scale=scale)
+                                   scale=scale, fold=fold)
             return out
         kk, vv = k[:, :n_keys], v[:, :n_keys]
         full = bias[:, None, :n_keys].to(q.dtype).expand(B, R, n_keys)
@@ -425,13 +449,25 @@ class FusedOps:
             full = full.masked_fill(hidden[None], MASKED)
         scores = torch.baddbmm(full, q, kk.transpose(1, 2), alpha=scale)
         res = torch.bmm(torch.softmax(scores, dim=-1), vv)
+        if fold is not None:
+            kvh, group = fold
+            src = res.view(B // kvh, kvh, R // group, group, D).permute(0, 2, 1, 3, 4)
+            out.view(B // kvh, R // group, kvh, group, D).copy_(src)
+            return out
         return res if out is None else out.copy_(res)
 
     def _launch_attention(self, out: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
                           n_keys: int, q: torch.Tensor, tok_limit: torch.Tensor | None = None,
-                          rows_per_tok: int = 1, scale: float | None = None) -> None:
-        B, R, D = out.shape
-        assert out.is_contiguous() and k.stride()[1:] == (D, 1) and k.stride() == v.stride()
+                          rows_per_tok: int = 1, scale: float | None = None,
+                          fold: tuple[int, int] | None = None) -> None:
+        B, R, D = q.shape
+        assert out.is_contiguous() and out.numel() == q.numel()
+        assert k.stride()[1:] == (D, 1) and k.stride() == v.stride()
+        if fold is None:  # q's layout: row r of batch b at b * R * D + r * D
+            o_layout = (1, R * D, 0, 1, D)
+        else:  # token-major over the folded heads: [B // kvh, L, kvh, group, D]
+            kvh, group = (int(f) for f in fold)
+            o_layout = (kvh, R * kvh * D, group * D, group, kvh * group * D)
         bm, bn, warps, stages, split = self.attn_blocks["large" if R >= 2048 else "small"]
         if out.dtype == torch.float32:  # fp32 tiles are twice the bytes: halve the key block
             bn, stages = min(bn, 32), 1
@@ -452,12 +488,12 @@ class FusedOps:
             assert tok_limit.dtype == torch.int32 and tok_limit.is_contiguous()
         _attention_kernel[(rblocks, split, B)](
             q, k, v, bias, out, part, ml, counters, tok_limit if tok_limit is not None else counters, R, scale,
-            out.stride(0), k.stride(0), bias.stride(0), int(rows_per_tok), n_keys=int(n_keys), D=D, BLOCK_M=bm,
+            q.stride(0), k.stride(0), bias.stride(0), int(rows_per_tok), *o_layout, n_keys=int(n_keys), D=D, BLOCK_M=bm,
             BLOCK_N=bn, SPLIT=split, KEYS_PER_SPLIT=per_split, INLINE=inline, PRECISION=prec,
             LIMIT=tok_limit is not None, num_warps=warps, num_stages=stages)
         if split > 1 and not inline:
             cbm = 16
-            _attention_combine_kernel[(triton.cdiv(R, cbm), B)](part, ml, out, R, out.stride(0), D=D, BLOCK_M=cbm,
+            _attention_combine_kernel[(triton.cdiv(R, cbm), B)](part, ml, out, R, *o_layout, D=D, BLOCK_M=cbm,
                                                                  SPLIT=split, num_warps=4)
 
     # h [M, N] += y (in place); returns RMSNorm(h) with norm's gain

@@ -19,7 +19,8 @@ from the model's spec:
   QKV projection with the model's own cos/sin tables (the model's ``rope.angles``, so the
   float32 angles are bit-identical), writes q folded per KV head (grouped-query: SmolVLA's
   15 query / 5 KV heads become 5 attention batches of 3 x tokens rows) and k, v into the
-  buffer;
+  buffer; the attention kernel writes its output back token-major over the heads (``fold``),
+  straight into the o-projection's input, so grouped heads cost no reordering copy;
 - **attention**: the split-key Triton kernel, with a per-token key limit for LeRobot's
   block-causal masks (pi0's state token sees the prefix and itself; SmolVLA's actions are
   causal, and its prefix tokens do not see the state token);
@@ -423,15 +424,6 @@ class LeRobotFastPath:
             return self.ops.residual_norm(h, y, ada[site.ada, 0], site.eps, gate, ada[site.ada, 1], fp8)
         return self.ops.residual_norm(h, y, site.gain, site.eps, gate, None, fp8)
 
-    def _fold_out(self, o: torch.Tensor, B: int, L: int, G: int, out: torch.Tensor | None = None) -> torch.Tensor:
-        """Attention output [B*KVH, L*G, D] -> [B*L, H*D] in (token, head) order."""
-        KVH, D = self.KVH, self.D
-        src = o.view(B, KVH, L, G, D).permute(0, 2, 1, 3, 4)
-        if out is None:
-            return src.reshape(B * L, KVH * G * D)
-        out.view(B, L, KVH, G, D).copy_(src)
-        return out
-
     # -- prefix -------------------------------------------------------------------------------
     def prefix(self, buf: LeRobotBuffers, images: torch.Tensor, image_masks: torch.Tensor,
                lang_tokens: torch.Tensor, lang_masks: torch.Tensor, state: torch.Tensor | None = None,
@@ -488,8 +480,8 @@ class LeRobotFastPath:
             if not ly.has_q:  # the last VLM layer only provides K/V
                 break
             o = ops.attention(q.view(B * KVH, P * G, D), kk.view(B * KVH, -1, D), vv.view(B * KVH, -1, D), bias,
-                              P, tok_limit=self.prefix_limit, rows_per_tok=G, scale=self.scaling)
-            pending = self._residual(x, self._fold_out(o, B, P, G), ly.o)
+                              P, tok_limit=self.prefix_limit, rows_per_tok=G, scale=self.scaling, fold=(KVH, G))
+            pending = self._residual(x, o, ly.o)
             xn = self._norm(x, pending, ly.norm2, None, fp8=self._fp8_in(ly.gate_up))
             act = ops.gated_act(self._mm(xn, ly.gate_up), self.act, fp8=self._fp8_in(ly.down))
             pending = self._residual(x, act, ly.down)
@@ -559,21 +551,18 @@ class LeRobotFastPath:
             kk, vv = buf.k[ly.slot], buf.v[ly.slot]
             L = C if ly.cross else Ls
             q = torch.empty((B, KVH, L * G, D), dtype=h.dtype, device=h.device)
-            # one K/V head: the attention rows are already (token, head) ordered, so the
-            # kernel writes the o_proj input in place; grouped heads are reordered after
-            direct = o_pad[: B * L].view(B, L * G, D) if KVH == 1 else None
+            # the kernel writes the o_proj input in place, token-major over the heads (fold)
+            direct = o_pad[: B * L]
             if ly.cross:
                 ops.rope_heads(self._mm(xn, ly.qkv), buf.rel_cos, buf.rel_sin, q, None, None, C, G, KVH)
-                o = ops.attention(q.view(B * KVH, C * G, D), kk.view(B * KVH, self.S, D), vv.view(B * KVH, self.S, D),
-                                  bias, P, out=direct, scale=self.scaling)
+                ops.attention(q.view(B * KVH, C * G, D), kk.view(B * KVH, self.S, D), vv.view(B * KVH, self.S, D),
+                              bias, P, out=direct, scale=self.scaling, fold=(KVH, G))
             else:
                 ops.rope_heads(self._mm(xn, ly.qkv), buf.cos, buf.sin, q, kk[:, :, P:P + Ls], vv[:, :, P:P + Ls],
                                Ls, G, KVH)
-                o = ops.attention(q.view(B * KVH, Ls * G, D), kk.view(B * KVH, self.S, D),
-                                  vv.view(B * KVH, self.S, D), bias, P + Ls, out=direct, tok_limit=self.suffix_limit,
-                                  rows_per_tok=G, scale=self.scaling)
-            if direct is None:
-                self._fold_out(o, B, L, G, out=o_pad[: B * L])
+                ops.attention(q.view(B * KVH, Ls * G, D), kk.view(B * KVH, self.S, D),
+                              vv.view(B * KVH, self.S, D), bias, P + Ls, out=direct, tok_limit=self.suffix_limit,
+                              rows_per_tok=G, scale=self.scaling, fold=(KVH, G))
             if ly.o.fp8 is not None:
                 y = self._mm(o_pad[: B * L], ly.o)
             else:
