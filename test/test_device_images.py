@@ -92,9 +92,14 @@ def test_device_frames_fill_the_host_images(case: str) -> None:
     loader.load(raw, out)
     for row in out.numpy():
         np.testing.assert_allclose(row, want[0], rtol=0, atol=2e-6)
-    assert len(loader._dev) == 2  # one buffer per present slot, same shape
+    assert loader.allocations == 2  # one buffer pair per present slot, same shape
     loader.load(raw, out)
-    assert len(loader._dev) == 2
+    assert loader.allocations == 2  # reused
+    images[keys[0]] = rng.integers(0, 256, (16, 20, 3), dtype=np.uint8)  # a camera changes resolution
+    loader.load(processor.prepare(images, state, "pick", device_images=True), out)
+    assert loader.allocations == 3 and len(loader._slots) == 2  # replaced, not accumulated
+    np.testing.assert_allclose(out[0].numpy(), processor.prepare(images, state, "pick")["images"][0], rtol=0,
+                               atol=2e-6)
 
 
 @pytest.mark.parametrize(("case", "beta"), [("pi0", None), ("pi05", 1.5), ("smolvla", None)])

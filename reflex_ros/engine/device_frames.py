@@ -27,24 +27,27 @@ from reflex_ros.engine.types import frame_name
 
 
 class DeviceFrames:
-    """Per camera slot: a pinned host buffer and a device buffer for each frame shape seen
-    (allocated on first sight, kept), and the family's ``prep(uint8 [H, W, 3]) -> float32
-    [3, h, w]``. Buffers are per slot: two cameras of one shape never share one."""
+    """Per camera slot: a pinned host buffer and a device buffer of the slot's current frame
+    shape (reallocated only when a camera changes resolution, so memory stays bounded), and
+    the family's ``prep(uint8 [H, W, 3]) -> float32 [3, h, w]``. Buffers are per slot: two
+    cameras of one shape never share one."""
 
     def __init__(self, prep: Callable[[torch.Tensor], torch.Tensor], device: torch.device, num_slots: int) -> None:
         self.prep = prep
         self.device = torch.device(device)
         self.num_slots = int(num_slots)
         self._pin = self.device.type == "cuda"
-        self._host: dict[tuple[int, tuple[int, ...]], torch.Tensor] = {}
-        self._dev: dict[tuple[int, tuple[int, ...]], torch.Tensor] = {}
+        self._slots: dict[int, tuple[tuple[int, ...], torch.Tensor, torch.Tensor]] = {}
+        self.allocations = 0  # how many (host, device) buffer pairs were made (tests read it)
 
     def _buffers(self, slot: int, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-        key = (slot, shape)
-        if key not in self._dev:
-            self._host[key] = torch.empty(shape, dtype=torch.uint8, pin_memory=self._pin)
-            self._dev[key] = torch.empty(shape, dtype=torch.uint8, device=self.device)
-        return self._host[key], self._dev[key]
+        held = self._slots.get(slot)
+        if held is None or held[0] != shape:
+            host = torch.empty(shape, dtype=torch.uint8, pin_memory=self._pin)
+            held = (shape, host, torch.empty(shape, dtype=torch.uint8, device=self.device))
+            self._slots[slot] = held
+            self.allocations += 1
+        return held[1], held[2]
 
     def load(self, arrays: Mapping[str, np.ndarray], images: torch.Tensor) -> None:
         """Write every slot of ``images`` ``[B, n, 3, h, w]`` (each batch row alike) from the
