@@ -9,6 +9,7 @@ itself is measured on the dev box: benchmarks/node_overhead.py). Messages are pl
 with the sensor_msgs field names (the decoders read fields only).
 
     python benchmarks/gpu_loop.py [--family pi0] [--duration-s 60] [--control-hz 50] [--dtype bf16]
+                                  [--camera-hw 480x640] [--images device|host]
 """
 
 from __future__ import annotations
@@ -29,10 +30,11 @@ def _stamp(ns: int) -> SimpleNamespace:
     return SimpleNamespace(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
 
 
-def image_msg(ns: int, size: int, rng: np.random.Generator) -> SimpleNamespace:
-    data = rng.integers(0, 256, size * size * 3, dtype=np.uint8).tobytes()
-    return SimpleNamespace(header=SimpleNamespace(stamp=_stamp(ns), frame_id="cam"), height=size, width=size,
-                           encoding="rgb8", is_bigendian=0, step=size * 3, data=data)
+def image_msg(ns: int, hw: tuple[int, int], rng: np.random.Generator) -> SimpleNamespace:
+    h, w = hw
+    data = rng.integers(0, 256, h * w * 3, dtype=np.uint8).tobytes()
+    return SimpleNamespace(header=SimpleNamespace(stamp=_stamp(ns), frame_id="cam"), height=h, width=w,
+                           encoding="rgb8", is_bigendian=0, step=w * 3, data=data)
 
 
 def joint_msg(ns: int, t: float) -> SimpleNamespace:
@@ -47,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--control-hz", type=float, default=50.0)
     parser.add_argument("--dtype", default="bf16")
     parser.add_argument("--size", default="published", choices=("published", "tiny"))
+    parser.add_argument("--camera-hw", default="", metavar="HxW",
+                        help="camera frame size, e.g. 480x640 (default: the model's own image size)")
+    parser.add_argument("--images", choices=("device", "host"), default="device",
+                        help="resize frames on the GPU (default) or on the host CPU (numpy)")
     parser.add_argument("--cpu", action="store_true", help="smoke-test the script on the CPU (eager, tiny)")
     args = parser.parse_args(argv)
     import torch
@@ -73,10 +79,14 @@ def main(argv: list[str] | None = None) -> int:
 
     engine = published_engine(args.family, args.size, device="cpu" if args.cpu else "cuda",
                               dtype="fp32" if args.cpu else args.dtype, cuda_graph=not args.cpu,
+                              device_images=None if args.cpu else args.images == "device",
                               state_dim=len(JOINTS), action_dim=len(JOINTS))
     cams = list(engine.info.camera_names)
     topics = [f"/cam/{i}" for i in range(len(cams))]
     size = engine.info.image_size
+    hw = tuple(int(v) for v in args.camera_hw.lower().split("x")) if args.camera_hw else (size, size)
+    if len(hw) != 2 or min(hw) < 1:
+        parser.error(f"--camera-hw {args.camera_hw!r}: expected HxW, e.g. 480x640")
     values = {s.name: s.default for s in P.PARAMS}
     values.update(
         joint_names=JOINTS, camera_topics=topics, camera_names=cams, control_frequency_hz=args.control_hz,
@@ -91,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     warm = loop.warm_up(3)
     stop = threading.Event()
     rng = np.random.default_rng(0)
-    frames = [[image_msg(0, size, rng) for _ in cams] for _ in range(4)]
+    frames = [[image_msg(0, hw, rng) for _ in cams] for _ in range(4)]
 
     def feed() -> None:
         start = time.monotonic()
@@ -123,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     device = "CPU smoke run" if args.cpu else torch.cuda.get_device_name()
     print(f"gpu_loop: {args.family} {args.size} size, torch {engine.info.dtype} graph path "
           f"{info.extra.get('graph_path', 'eager')}, {device}, {args.duration_s:.0f} s at {args.control_hz:g} Hz (a chunk every "
-          f"period), 2 cameras {size}px at ~33 Hz, joints at 100 Hz; warm-up {warm:.0f} ms")
+          f"period), {len(cams)} cameras {hw[1]}x{hw[0]} at ~33 Hz (model {size}px, images resized on the "
+          f"{'GPU' if engine.device_images else 'host'}), joints at 100 Hz; warm-up {warm:.0f} ms")
     print(f"  chunks published        {len(publishes)} (target {args.duration_s * args.control_hz:.0f})")
     if inf.size:
         print(f"  inference               p50 {np.percentile(inf, 50):.2f} ms, p99 {np.percentile(inf, 99):.2f} ms "

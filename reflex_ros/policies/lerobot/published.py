@@ -283,7 +283,7 @@ def synthetic_processor(spec: FamilySpec, valid_tokens: int | None = None) -> An
 
 def published_engine(model_type: str, size: str = "published", *, device: Any = "cuda", dtype: str = "fp32",
                      cuda_graph: bool = False, seed: int = 0, model: Any = None, fused: bool | None = None,
-                     **spec_options: Any) -> Any:
+                     device_images: bool | None = None, **spec_options: Any) -> Any:
     """A TorchEngine over a published-size random-weight model (bench, GPU tests): the family's
     fast path, a synthetic processor; ``dtype`` may be ``fp8`` (bf16 weights + e4m3 GEMMs)."""
     from reflex_ros.engine.torch_runtime import TorchEngine
@@ -295,5 +295,5 @@ def published_engine(model_type: str, size: str = "published", *, device: Any = 
                                 seed=seed, **spec_options)
     family = get_family(model_type)
     return TorchEngine(model, synthetic_processor(spec), device=device, dtype=dtype, cuda_graph=cuda_graph,
-                       fast_path=family.fast_path, fused=fused, model_type=model_type,
+                       fast_path=family.fast_path, fused=fused, model_type=model_type, device_images=device_images,
                        extra={"source": f"{model_type} {size} (random weights, synthetic tokens)"})
