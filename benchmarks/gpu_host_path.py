@@ -35,7 +35,7 @@ def set_images(engine, on: bool) -> None:  # noqa: ANN001
     from reflex_ros.engine.device_frames import DeviceFrames
 
     engine.device_images = on
-    engine._frames = DeviceFrames(engine.processor.device_images(engine.device), engine.device,
+    engine._frames = DeviceFrames(engine.processor.device_image_step(engine.device), engine.device,
                                   len(engine.processor.camera_names)) if on else None
 
 

@@ -87,7 +87,7 @@ def test_device_frames_fill_the_host_images(case: str) -> None:
     state = rng.standard_normal(processor.state_dim).astype(np.float32)
     want = processor.prepare(images, state, "pick")["images"]
     raw = processor.prepare(images, state, "pick", device_images=True)
-    loader = DeviceFrames(processor.device_images("cpu"), torch.device("cpu"), len(keys))
+    loader = DeviceFrames(processor.device_image_step("cpu"), torch.device("cpu"), len(keys))
     out = torch.full((2, *want.shape[1:]), 7.0)
     loader.load(raw, out)
     for row in out.numpy():
@@ -117,7 +117,7 @@ def test_runner_on_device_frames_matches_host_engine(case: str, beta: float | No
     arrays["noise"] = noise
     runner = engine.build_runner(graph_key(4, proc.chunk_size, beta))
     _fill(runner, {k: v for k, v in arrays.items() if not k.startswith(FRAME_PREFIX)}, beta)
-    DeviceFrames(proc.device_images("cpu"), torch.device("cpu"), len(proc.camera_names)).load(
+    DeviceFrames(proc.device_image_step("cpu"), torch.device("cpu"), len(proc.camera_names)).load(
         arrays, runner.inputs["images"])
     with torch.inference_mode():
         out = runner.run_denoise(runner.run_prefix())

@@ -6,7 +6,7 @@ a few ms of single-threaded CPU per chunk, the largest host cost of a replay. Wi
 ``TorchEngine(device_images=...)`` the processor hands each camera's uint8 frame untouched
 (``prepare(..., device_images=True)``) and :class:`DeviceFrames` uploads it (a quarter of the
 bytes, through a pinned buffer) and runs the family's image step in torch
-(``processor.device_images``) into the plan's static ``images`` buffer.
+(``processor.device_image_step``) into the plan's static ``images`` buffer.
 
 Why eagerly before the replay rather than inside the captured graph: a graph bakes in every
 shape, so resizing inside it would capture one graph per camera geometry (a 640x480 camera

@@ -231,11 +231,11 @@ class TorchEngine:
         # graph replays take the cameras' uint8 frames and resize them on the GPU when the
         # processor has a torch twin of its image step (engine/device_frames.py); False keeps
         # the host (numpy) image path
-        can_frames = callable(getattr(processor, "device_images", None))
+        can_frames = callable(getattr(processor, "device_image_step", None))
         if device_images and not (can_frames and self.cuda_graph):
-            raise ValueError("device_images=True needs cuda_graph=True and a processor with a device_images step")
+            raise ValueError("device_images=True needs cuda_graph=True and a processor with a device_image_step")
         self.device_images = bool(self.cuda_graph and can_frames and device_images is not False)
-        self._frames = DeviceFrames(processor.device_images(self.device), self.device,
+        self._frames = DeviceFrames(processor.device_image_step(self.device), self.device,
                                     len(processor.camera_names)) if self.device_images else None
         self.supported_nfe = tuple(int(n) for n in supported_nfe)
         self.default_nfe = check_nfe(

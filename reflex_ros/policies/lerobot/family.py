@@ -65,9 +65,9 @@ class ObservationProcessor:
         present = {k: v for k, v in frames.items() if v is not None}
         return self.inner.prepare(present, obs.state, obs.instruction, cfg_beta, device_images=device_images)
 
-    def device_images(self, device: Any) -> Any:
+    def device_image_step(self, device: Any) -> Any:
         """The family's image step in torch (``images_torch.DeviceImages``)."""
-        return self.inner.device_images(device)
+        return self.inner.device_image_step(device)
 
     def postprocess(self, x: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(self.inner.postprocess(x), dtype=np.float32)

@@ -123,7 +123,7 @@ class LeRobotProcessor:
         """uint8 ``(H, W, 3)`` -> float32 ``(3, h, w)`` in [-1, 1], the family's resize-with-pad."""
         return RESIZE_WITH_PAD[self.image_pad][0](rgb, *self.spec.image_hw)
 
-    def device_images(self, device: Any) -> Any:
+    def device_image_step(self, device: Any) -> Any:
         """The same step in torch on ``device`` (``images_torch.DeviceImages``), for the torch
         engine's graphs to run on :meth:`prepare`'s ``device_images=True`` frames. Imported
         here, lazily: the numpy path (ONNX serving) never loads torch."""
@@ -240,7 +240,7 @@ class LeRobotProcessor:
 
         ``device_images``: instead of ``images``, each present camera's uint8 frame as is,
         under :func:`~reflex_ros.engine.types.frame_name` of its slot (no batch axis), for
-        the torch engine's graphs to resize on the GPU (:meth:`device_images`)."""
+        the torch engine's graphs to resize on the GPU (:meth:`device_image_step`)."""
         if cfg_beta is not None and not self.supports_cfg:
             raise UsageError(f"{self.spec.model_type} does not support CFG (cfg_beta); pass cfg_beta=None")
         normalized = self.normalized_state(state)
