@@ -98,6 +98,8 @@ def test_device_frames_fill_the_host_images(case: str) -> None:
     images[keys[0]] = rng.integers(0, 256, (16, 20, 3), dtype=np.uint8)  # a camera changes resolution
     loader.load(processor.prepare(images, state, "pick", device_images=True), out)
     assert loader.allocations == 3 and len(loader._slots) == 2  # replaced, not accumulated
+    loader.clear()
+    assert not loader._slots
     np.testing.assert_allclose(out[0].numpy(), processor.prepare(images, state, "pick")["images"][0], rtol=0,
                                atol=2e-6)
 

@@ -49,6 +49,10 @@ class DeviceFrames:
             self.allocations += 1
         return held[1], held[2]
 
+    def clear(self) -> None:
+        """Drop every slot's buffers (the engine's release); the next load allocates afresh."""
+        self._slots.clear()
+
     def load(self, arrays: Mapping[str, np.ndarray], images: torch.Tensor) -> None:
         """Write every slot of ``images`` ``[B, n, 3, h, w]`` (each batch row alike) from the
         ``frame_<slot>`` arrays: a present slot from its frame, an absent one as the -1

@@ -353,6 +353,8 @@ class TorchEngine:
             cache.clear()
         self.model = None
         self.fused = None
+        if self._frames is not None:  # its per-camera frame buffers live on the device too
+            self._frames.clear()
 
     def close(self) -> None:
         """Drop graphs, buffers and the model reference, and return cached GPU memory."""
