@@ -74,6 +74,10 @@ def test_prepare_device_images_hands_raw_frames(case: str) -> None:
             assert np.array_equal(raw[name], host[name]), name
     with pytest.raises(ObservationError, match="expected uint8"):
         processor.prepare({keys[0]: np.zeros((8, 8, 3), np.float32)}, state, "pick", device_images=True)
+    # a frame whose fitted size has a 0-pixel side is refused on both paths (not a crash on the GPU)
+    for device_images in (False, True):
+        with pytest.raises(ObservationError, match="side of 0 pixels"):
+            processor.prepare({keys[0]: np.zeros((1, 1000, 3), np.uint8)}, state, "pick", device_images=device_images)
 
 
 @pytest.mark.parametrize("case", ["pi0", "smolvla", "generated/pi0_minmax_3cam"])

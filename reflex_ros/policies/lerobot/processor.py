@@ -23,7 +23,7 @@ import numpy as np
 
 from reflex_ros.engine.types import ObservationError, UsageError, frame_name
 from reflex_ros.policies.lerobot.errors import CheckpointError
-from reflex_ros.policies.lerobot.images import RESIZE_WITH_PAD
+from reflex_ros.policies.lerobot.images import RESIZE_WITH_PAD, fit_size
 from reflex_ros.policies.lerobot.normalization import FeatureNormalizer
 from reflex_ros.policies.lerobot.spec import FamilySpec
 from reflex_ros.policies.lerobot.tokenizer import LeRobotTokenizer
@@ -159,6 +159,10 @@ class LeRobotProcessor:
             rgb = np.asarray(images[key])
             if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8 or 0 in rgb.shape:
                 raise ObservationError(f"camera {key!r}: expected uint8 (H, W, 3) RGB, got {rgb.dtype} {rgb.shape}")
+            if 0 in fit_size(rgb.shape[0], rgb.shape[1], *self.spec.image_hw):
+                raise ObservationError(f"camera {key!r}: a {rgb.shape[1]}x{rgb.shape[0]} frame cannot be fitted into "
+                                       f"the model's {self.spec.image_hw[1]}x{self.spec.image_hw[0]} (its aspect "
+                                       "ratio leaves a side of 0 pixels)")
             frames.append(rgb)
         masks = np.zeros(len(keys), dtype=bool)
         masks[: len(present)] = True
