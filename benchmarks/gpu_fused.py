@@ -196,9 +196,10 @@ def gemm_sweep() -> None:
 def category(name: str) -> str:
     n = name.lower()
     for key, cat in (("_attention_kernel", "attention (triton)"), ("_attention_combine", "attention combine (triton)"),
-                     ("_add_rmsnorm", "add + rmsnorm (triton)"), ("_rope_qkv", "rope + K/V write (triton)"),
-                     ("_gelu_mul", "gelu*up (triton)"), ("_add_layernorm", "add + layernorm (triton)"),
-                     ("_euler", "euler (triton)")):
+                     ("_add_rmsnorm", "add + rmsnorm (triton)"), ("_residual_norm", "add + rmsnorm (triton)"),
+                     ("_rope_qkv", "rope + K/V write (triton)"), ("_rope_heads", "rope + K/V write (triton)"),
+                     ("_gelu_mul", "gelu*up (triton)"), ("_gated_act", "gated activation (triton)"),
+                     ("_add_layernorm", "add + layernorm (triton)"), ("_euler", "euler (triton)")):
         if key in n:
             return cat
     if "flash" in n or "fmha" in n or "attention" in n:
