@@ -3,26 +3,8 @@
 # (pi0 at published size, torch CUDA graph, 50 Hz), SmolVLA's table again (host preprocessing
 # cost), and RTC's overhead on the graph path. Each stage tees to $OUT/final_*.txt.
 #   device run (timeout_s 600): bash benchmarks/gpu_final.sh
-set -o pipefail
-export PYTHONUNBUFFERED=1
-cd "$(dirname "$0")/.."
-ROOT=$PWD
-OUT=${OUT:-$ROOT/.device-out}
-mkdir -p "$OUT"
-PY=${PYTHON:-python3}
-export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
-START=$(date +%s)
-left() { echo $(( 560 - ($(date +%s) - START) )); }
-
-run() {  # run NAME LIMIT_S CMD...
-  local name=$1 limit=$2; shift 2
-  local l; l=$(left)
-  [ "$l" -lt 30 ] && { echo "[$name] skipped: ${l}s left" | tee -a "$OUT/final_summary.txt"; return 0; }
-  [ "$limit" -gt "$l" ] && limit=$l
-  echo "===== [$name] limit ${limit}s: $*" | tee -a "$OUT/final_$name.txt"
-  timeout --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$OUT/final_$name.txt"
-  echo "[$name] rc=$? after $(( $(date +%s) - START ))s" | tee -a "$OUT/final_summary.txt"
-}
+STAGE_PREFIX=final
+source "$(dirname "$0")/device_stages.sh"
 
 run tests 110 $PY -m pytest -q -rs -p no:cacheprovider test/test_fast_path_kernels.py test/test_fast_path_lerobot.py \
   test/test_engine_torch_runtime.py -k "cuda or triton"

@@ -5,26 +5,8 @@
 # the new default. Each stage tees to $OUT/host_*.txt. "full": the complete --compare tables (NFE
 # sweep, fp16 row) of all three families instead of SmolVLA's and pi0's short ones.
 #   device run (timeout_s 600): bash benchmarks/gpu_host.sh [full]
-set -o pipefail
-export PYTHONUNBUFFERED=1
-cd "$(dirname "$0")/.."
-ROOT=$PWD
-OUT=${OUT:-$ROOT/.device-out}
-mkdir -p "$OUT"
-PY=${PYTHON:-python3}
-export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
-START=$(date +%s)
-left() { echo $(( 560 - ($(date +%s) - START) )); }
-
-run() {  # run NAME LIMIT_S CMD...
-  local name=$1 limit=$2; shift 2
-  local l; l=$(left)
-  [ "$l" -lt 30 ] && { echo "[$name] skipped: ${l}s left" | tee -a "$OUT/host_summary.txt"; return 0; }
-  [ "$limit" -gt "$l" ] && limit=$l
-  echo "===== [$name] limit ${limit}s: $*" | tee -a "$OUT/host_$name.txt"
-  timeout --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$OUT/host_$name.txt"
-  echo "[$name] rc=$? after $(( $(date +%s) - START ))s" | tee -a "$OUT/host_summary.txt"
-}
+STAGE_PREFIX=host
+source "$(dirname "$0")/device_stages.sh"
 
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/host_gpu.txt"
 run tests 120 $PY -m pytest -q -rs -p no:cacheprovider test/test_device_images.py test/test_fast_path_kernels.py \

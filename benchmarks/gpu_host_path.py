@@ -31,14 +31,6 @@ def pct(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
-def set_images(engine, on: bool) -> None:  # noqa: ANN001
-    from reflex_ros.engine.device_frames import DeviceFrames
-
-    engine.device_images = on
-    engine._frames = DeviceFrames(engine.processor.device_image_step(engine.device), engine.device,
-                                  len(engine.processor.camera_names)) if on else None
-
-
 def observation(info, hw: tuple[int, int], seed: int):  # noqa: ANN001
     from reflex_ros.engine.types import Observation
 
@@ -51,7 +43,7 @@ def observation(info, hw: tuple[int, int], seed: int):  # noqa: ANN001
 def measure(engine, obs, iters: int, warmup: int, device_images: bool) -> dict[str, list[float]]:  # noqa: ANN001
     from reflex_ros.engine.schedule import make_noise
 
-    set_images(engine, device_images)
+    engine.use_device_images(device_images)
     noise = make_noise(0, engine.info.chunk_size, engine.info.action_width)[0]
     for _ in range(warmup):
         engine.infer(obs, noise=noise)

@@ -10,14 +10,8 @@
 #
 # Files in $OUT (at most 8): 01_env_tests.txt, 02_bench_pi0.txt, 03_bench_pi05.txt,
 # 04_bench_smolvla.txt, 05_vs_lerobot.txt, 06_summary.txt.
-set -o pipefail
 set +x
-export PYTHONUNBUFFERED=1
-cd "$(dirname "$0")/.."
-ROOT=$PWD
-OUT=${OUT:-$ROOT/.device-out}
-mkdir -p "$OUT"
-PY=${PYTHON:-python3}
+source "$(dirname "$0")/device_stages.sh"  # the preamble; this script's stages are its own `stage`
 
 QUICK=0
 [ "${1:-}" = "--quick" ] && QUICK=1
@@ -70,7 +64,6 @@ else
   echo "[wheels] no .whl/ here (carry it: benchmarks/fetch_lerobot_wheels.sh); vs_lerobot will skip" | tee -a "$ENV_FILE" "$SUMMARY"
 fi
 
-export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
 # the GPU-only tests (the CPU ones ran in CI): Triton kernels vs their torch twins, the captured
 # graphs vs LeRobot's recordings in fp32, fp8 on published SmolVLA, the compare table at tiny size
 TEST_LIMIT=$([ $QUICK = 1 ] && echo 100 || echo 120)

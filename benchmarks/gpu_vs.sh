@@ -5,30 +5,13 @@
 # only LeRobot pi0 compiled (about 7 min).
 #   device run (carry [".whl"], timeout_s 600): bash benchmarks/gpu_vs.sh [compile-pi0]
 #   .whl: benchmarks/fetch_lerobot_wheels.sh, run once on the dev box (no network on the GPU).
-set -o pipefail
-export PYTHONUNBUFFERED=1
-cd "$(dirname "$0")/.."
-ROOT=$PWD
-OUT=${OUT:-$ROOT/.device-out}
-mkdir -p "$OUT"
-PY=${PYTHON:-python3}
-START=$(date +%s)
-left() { echo $(( 570 - ($(date +%s) - START) )); }
-
-run() {  # run NAME LIMIT_S CMD...
-  local name=$1 limit=$2; shift 2
-  local l; l=$(left)
-  [ "$l" -lt 30 ] && { echo "[$name] skipped: ${l}s left" | tee -a "$OUT/vs_summary.txt"; return 0; }
-  [ "$limit" -gt "$l" ] && limit=$l
-  echo "===== [$name] limit ${limit}s: $*" | tee -a "$OUT/vs_$name.txt"
-  timeout --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$OUT/vs_$name.txt"
-  echo "[$name] rc=$? after $(( $(date +%s) - START ))s" | tee -a "$OUT/vs_summary.txt"
-}
+STAGE_PREFIX=vs
+STAGE_BUDGET_S=570
+source "$(dirname "$0")/device_stages.sh"
 
 # LeRobot's pinned transformers/tokenizers go to /tmp/site, used by the vs_lerobot stages only
 $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$ROOT"/.whl/*.whl
 VS="env PYTHONPATH=/tmp/site:$ROOT $PY benchmarks/vs_lerobot.py --iters 20 --warmup 3"
-export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
 if [ "${1:-}" = "compile-pi0" ]; then
   run compile_pi0 560 $VS --family pi0 --compile
 else

@@ -36,6 +36,18 @@ from reflex_ros.ros.messages import time_msg
 SO100_JOINTS = ["shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll", "gripper"]
 
 
+def unconfigured(node: Any) -> None:
+    """Take a ``PolicyNodeProcess`` back to unconfigured from wherever it is (deactivate,
+    cleanup), so a module's tests can share one node process."""
+    state = node.state()
+    if state == "active":
+        node.deactivate()
+        state = "inactive"
+    if state == "inactive":
+        node.cleanup()
+    assert node.state() == "unconfigured"
+
+
 def wait_for(predicate: Callable[[], Any], timeout_s: float = 60.0, what: str = "condition",
              poll_s: float = 0.02) -> Any:
     """Poll until ``predicate()`` is truthy; fail the test with ``what`` on timeout."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_fast_path_lerobot import _engine, _fill, assert_rel
+from test_fast_path_lerobot import _engine, _fill, assert_rel, runner_case
 from test_lerobot_parity import built, hf_env  # noqa: F401  (the fixture checkpoints' HF cache)
 
 from reflex_ros.engine.capture_cache import graph_key
@@ -112,13 +112,8 @@ def test_device_frames_fill_the_host_images(case: str) -> None:
 def test_runner_on_device_frames_matches_host_engine(case: str, beta: float | None) -> None:
     """A chunk from the graph runner fed by DeviceFrames == the host-image engine's chunk
     (the staging _run_graph does on a GPU, here on the CPU with the fast path's torch ops)."""
-    engine = _engine(case)
+    engine, obs, noise, want = runner_case(case, beta)
     proc = engine.processor
-    rng = np.random.default_rng(3)
-    obs = Observation(images={n: rng.integers(0, 256, (40, 48, 3), dtype=np.uint8) for n in proc.camera_names[:2]},
-                      state=rng.standard_normal(proc.state_dim).astype(np.float32), instruction="pick up the cube")
-    noise = make_noise(5, proc.chunk_size, proc.action_width)
-    want = engine.infer(obs, nfe=4, cfg_beta=beta, noise=noise[0]).actions
     arrays = proc.prepare(obs, beta, device_images=True)
     arrays["noise"] = noise
     runner = engine.build_runner(graph_key(4, proc.chunk_size, beta))
@@ -159,9 +154,9 @@ def test_cuda_graph_device_images_give_the_host_chunk(case: str) -> None:
         obs = Observation(images={n: rng.integers(0, 256, (*hw, 3), dtype=np.uint8) for n in processor.camera_names[:2]},
                           state=rng.standard_normal(processor.state_dim).astype(np.float32), instruction="pick")
         dev = engine.infer(obs, nfe=4, noise=noise).actions
-        engine.device_images, frames, engine._frames = False, engine._frames, None
+        engine.use_device_images(False)
         host = engine.infer(obs, nfe=4, noise=noise).actions
-        engine.device_images, engine._frames = True, frames
+        engine.use_device_images(True)
         if hw == (s, s):
             assert np.array_equal(dev, host)
         else:

@@ -124,18 +124,25 @@ def _fill(runner, arrays: dict, beta: float | None) -> None:  # noqa: ANN001
         runner.inputs["beta"].fill_(beta)
 
 
-@pytest.mark.parametrize(("case", "beta"), [("pi0", None), ("pi05", 1.5), ("smolvla", None)])
-def test_engine_runner_dispatches_to_fast_path(case: str, beta: float | None) -> None:
-    """The family's fast_path is what TorchEngine.build_runner captures; its stage functions
-    give the eager engine's chunk for an Observation (shared-image staging under CFG)."""
+def runner_case(case: str, beta: float | None) -> tuple[TorchEngine, Observation, np.ndarray, np.ndarray]:
+    """A CPU engine on the fixture checkpoint, a two-camera 40x48 observation (resized), noise,
+    and the eager engine's chunk for them at NFE 4: what a graph runner must reproduce."""
     engine = _engine(case)
-    assert isinstance(engine.fused, LeRobotFastPath) and engine.fused.backend == "torch"
     proc = engine.processor
     rng = np.random.default_rng(3)
     obs = Observation(images={n: rng.integers(0, 256, (40, 48, 3), dtype=np.uint8) for n in proc.camera_names[:2]},
                       state=rng.standard_normal(proc.state_dim).astype(np.float32), instruction="pick up the cube")
     noise = make_noise(5, proc.chunk_size, proc.action_width)
-    want = engine.infer(obs, nfe=4, cfg_beta=beta, noise=noise[0]).actions
+    return engine, obs, noise, engine.infer(obs, nfe=4, cfg_beta=beta, noise=noise[0]).actions
+
+
+@pytest.mark.parametrize(("case", "beta"), [("pi0", None), ("pi05", 1.5), ("smolvla", None)])
+def test_engine_runner_dispatches_to_fast_path(case: str, beta: float | None) -> None:
+    """The family's fast_path is what TorchEngine.build_runner captures; its stage functions
+    give the eager engine's chunk for an Observation (shared-image staging under CFG)."""
+    engine, obs, noise, want = runner_case(case, beta)
+    assert isinstance(engine.fused, LeRobotFastPath) and engine.fused.backend == "torch"
+    proc = engine.processor
     key = graph_key(4, proc.chunk_size, beta)
     arrays = proc.prepare(obs, beta)
     arrays["noise"] = noise

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _ros_harness import SO100_JOINTS
+from _ros_harness import SO100_JOINTS, unconfigured
 
 from reflex_ros.control.embodiment import load_embodiment
 from reflex_ros.engine.bundle import load_bundle
-from reflex_ros.ros.runner import NodeProcessError, PolicyNodeProcess
+from reflex_ros.ros.runner import NodeProcessError
 
 CAMS = ["/cam/one", "/cam/two"]
 KEYS = ["observation.images.camera1", "observation.images.camera2"]
@@ -34,16 +34,6 @@ def limits(n: int) -> dict:
     so100 = load_embodiment("so100")
     return {"joint_names": list(SO100_JOINTS[:n]), "position_lower": list(so100.position_lower[:n]),
             "position_upper": list(so100.position_upper[:n]), "max_delta_per_step": list(so100.max_delta_per_step[:n])}
-
-
-def unconfigured(node: PolicyNodeProcess) -> None:
-    state = node.state()
-    if state == "active":
-        node.deactivate()
-        state = "inactive"
-    if state == "inactive":
-        node.cleanup()
-    assert node.state() == "unconfigured"
 
 
 def test_named_cameras_are_required_and_checked(node, robot) -> None:

@@ -16,22 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _ros_harness import SO100_JOINTS, RosHarness, stamp_ns, wait_for
+from _ros_harness import SO100_JOINTS, RosHarness, stamp_ns, unconfigured, wait_for
 
 from reflex_ros.ros.runner import NodeProcessError, PolicyNodeProcess
 from reflex_ros.vocab import DEFAULT_CAMERA_TOPIC
 
 POLICY = {"export": "missing", "node": {"parameters": {"execute_steps": 3}, "autostart": False}}
-
-
-def unconfigured(node: PolicyNodeProcess) -> None:
-    state = node.state()
-    if state == "active":
-        node.deactivate()
-        state = "inactive"
-    if state == "inactive":
-        node.cleanup()
-    assert node.state() == "unconfigured"
 
 
 def inactive(node: PolicyNodeProcess, robot: RosHarness, export: Path) -> None:

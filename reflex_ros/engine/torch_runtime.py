@@ -231,12 +231,7 @@ class TorchEngine:
         # graph replays take the cameras' uint8 frames and resize them on the GPU when the
         # processor has a torch twin of its image step (engine/device_frames.py); False keeps
         # the host (numpy) image path
-        can_frames = callable(getattr(processor, "device_image_step", None))
-        if device_images and not (can_frames and self.cuda_graph):
-            raise ValueError("device_images=True needs cuda_graph=True and a processor with a device_image_step")
-        self.device_images = bool(self.cuda_graph and can_frames and device_images is not False)
-        self._frames = DeviceFrames(processor.device_image_step(self.device), self.device,
-                                    len(processor.camera_names)) if self.device_images else None
+        self.use_device_images(device_images if device_images is not None else self._device_images_possible())
         self.supported_nfe = tuple(int(n) for n in supported_nfe)
         self.default_nfe = check_nfe(
             default_nfe if default_nfe is not None else (10 if 10 in self.supported_nfe else max(self.supported_nfe)),
@@ -332,6 +327,19 @@ class TorchEngine:
             stamp_ns=obs.stamp_ns,
             cfg_beta=beta,
         )
+
+    def _device_images_possible(self) -> bool:
+        return self.cuda_graph and callable(getattr(self.processor, "device_image_step", None))
+
+    def use_device_images(self, on: bool) -> None:
+        """Resize camera frames on the GPU (True) or on the host (False) from the next replay
+        on; the graphs read the same ``images`` buffer either way, so nothing is recaptured
+        (benchmarks compare both on one engine)."""
+        if on and not self._device_images_possible():
+            raise ValueError("device_images=True needs cuda_graph=True and a processor with a device_image_step")
+        self.device_images = bool(on)
+        self._frames = DeviceFrames(self.processor.device_image_step(self.device), self.device,
+                                    len(self.processor.camera_names)) if on else None
 
     def example_observation(self, instruction: str = "warm up") -> Observation:
         """A zero observation at the model's geometry (warm-up, capture)."""
