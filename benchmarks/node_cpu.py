@@ -22,14 +22,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
+from node_bench import JOINTS, tiny_export
 
-JOINTS = ["shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll", "gripper"]
 NODE = "reflex_cpu_bench"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -82,13 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     from reflex_ros.ros.dds import dds_environment
 
     os.environ.update(dds_environment(os.environ))  # this process publishes the frames: same profile
-    if args.export:
-        export = Path(args.export)
-    else:
-        from reflex_ros.engine.export import export_model
-
-        export = Path(tempfile.mkdtemp(prefix="reflex_cpu_")) / "tiny2"
-        export_model(preset="tiny", output_dir=export, mode="both", num_cameras=2)
+    export = tiny_export(args.export, "reflex_cpu_", name="tiny2", num_cameras=2)
 
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray

@@ -22,26 +22,13 @@ import argparse
 import array
 import os
 import sys
-import tempfile
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
+from node_bench import CAMERA, JOINTS, tiny_export
 
-JOINTS = ["shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll", "gripper"]
-CAMERA = "/camera/front/image_raw"
 NODE = "reflex_soak"
-
-
-def _export(directory: str | None) -> Path:
-    if directory:
-        return Path(directory)
-    from reflex_ros.engine.export import export_model
-
-    out = Path(tempfile.mkdtemp(prefix="reflex_soak_")) / "tiny"
-    export_model(preset="tiny", output_dir=out, mode="both", log=None)
-    return out
 
 
 def rss_mb(pid: int) -> float:
@@ -67,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     os.environ.setdefault("AMENT_PREFIX_PATH", sys.prefix)
-    export = _export(args.export)
+    export = tiny_export(args.export, "reflex_soak_", log=None)
 
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
