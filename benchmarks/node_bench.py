@@ -26,3 +26,34 @@ def tiny_export(directory: str | None, prefix: str, name: str = "tiny", **option
     out = Path(tempfile.mkdtemp(prefix=prefix)) / name
     export_model(preset="tiny", output_dir=out, mode="both", **options)
     return out
+
+
+def feed_inputs(clock: Any, joint_pub: Any, camera_pub: Any, image_size: int, pixels: bytes, rate_hz: float,
+                stop: Any, publish_cost_ms: list[float] | None = None) -> None:
+    """Publish a stamped JointState (JOINTS at 0) and a raw rgb8 square image at ``rate_hz``
+    until ``stop`` (a threading.Event) is set; the feeder thread's body.
+
+    Messages are built once, outside the stamp -> publish window, as a driver that stamps at
+    capture and publishes at once would; with ``publish_cost_ms`` what publishing itself
+    costs here (rclpy serialization + DDS write, in this process) is appended per cycle."""
+    import time
+
+    from sensor_msgs.msg import Image, JointState
+
+    from reflex_ros.ros.messages import time_msg
+
+    js = JointState(name=JOINTS, position=[0.0] * len(JOINTS))
+    img = Image(height=image_size, width=image_size, encoding="rgb8", step=3 * image_size)
+    img.data = pixels
+    period, next_t = 1.0 / rate_hz, time.monotonic()
+    while not stop.is_set():
+        now = clock.now().nanoseconds
+        stamp = time_msg(now)
+        js.header.stamp = stamp
+        img.header.stamp = stamp
+        joint_pub.publish(js)
+        camera_pub.publish(img)
+        if publish_cost_ms is not None:
+            publish_cost_ms.append((clock.now().nanoseconds - now) * 1e-6)
+        next_t += period
+        stop.wait(max(0.0, next_t - time.monotonic()))

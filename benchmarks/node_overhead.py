@@ -31,7 +31,7 @@ import threading
 import time
 
 import numpy as np
-from node_bench import CAMERA, JOINTS, tiny_export
+from node_bench import CAMERA, feed_inputs, tiny_export
 
 NODE = "reflex_bench"
 
@@ -64,7 +64,6 @@ def main(argv: list[str] | None = None) -> int:
     from sensor_msgs.msg import Image, JointState
 
     from reflex_ros.control.stamps import stamp_to_ns
-    from reflex_ros.ros.messages import time_msg
     from reflex_ros.ros.runner import PolicyNodeProcess
 
     params = {"control_frequency_hz": args.control_frequency_hz, "execute_steps": 1,
@@ -101,28 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         stop = threading.Event()
         publish_cost_ms: list[float] = []  # stamp -> both inputs published, in this process
 
-        def feed() -> None:
-            # Messages are built once, outside the stamp -> publish window, as a driver that
-            # stamps at capture and publishes at once would; what publishing itself costs
-            # here (rclpy serialization + DDS write, in this process) is kept and reported.
-            js = JointState(name=JOINTS, position=[0.0] * 6)
-            img = Image(height=args.image_size, width=args.image_size, encoding="rgb8", step=3 * args.image_size)
-            img.data = pixels
-            clock = bench.get_clock()
-            period = 1.0 / args.input_rate_hz
-            next_t = time.monotonic()
-            while not stop.is_set():
-                now = clock.now().nanoseconds
-                stamp = time_msg(now)
-                js.header.stamp = stamp
-                img.header.stamp = stamp
-                js_pub.publish(js)
-                cam_pub.publish(img)
-                publish_cost_ms.append((clock.now().nanoseconds - now) * 1e-6)
-                next_t += period
-                stop.wait(max(0.0, next_t - time.monotonic()))
-
-        feeder = threading.Thread(target=feed, daemon=True)
+        feeder = threading.Thread(target=feed_inputs, daemon=True, args=(
+            bench.get_clock(), js_pub, cam_pub, args.image_size, pixels, args.input_rate_hz, stop, publish_cost_ms))
         feeder.start()
         deadline = time.monotonic() + 60
         while not received and time.monotonic() < deadline:

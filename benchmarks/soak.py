@@ -26,7 +26,7 @@ import threading
 import time
 
 import numpy as np
-from node_bench import CAMERA, JOINTS, tiny_export
+from node_bench import CAMERA, feed_inputs, tiny_export
 
 NODE = "reflex_soak"
 
@@ -65,7 +65,6 @@ def main(argv: list[str] | None = None) -> int:
     from reflex_ros.msg import ActionChunk
     from sensor_msgs.msg import Image, JointState
 
-    from reflex_ros.ros.messages import time_msg
     from reflex_ros.ros.runner import PolicyNodeProcess
 
     params = {"control_frequency_hz": args.control_frequency_hz, "execute_steps": args.execute_steps,
@@ -98,22 +97,8 @@ def main(argv: list[str] | None = None) -> int:
             0, 256, (args.image_size, args.image_size, 3), np.uint8).tobytes())
         stop = threading.Event()
 
-        def feed() -> None:
-            js = JointState(name=JOINTS, position=[0.0] * 6)
-            img = Image(height=args.image_size, width=args.image_size, encoding="rgb8", step=3 * args.image_size)
-            img.data = pixels
-            clock = bench.get_clock()
-            period, next_t = 1.0 / args.input_rate_hz, time.monotonic()
-            while not stop.is_set():
-                stamp = time_msg(clock.now().nanoseconds)
-                js.header.stamp = stamp
-                img.header.stamp = stamp
-                js_pub.publish(js)
-                cam_pub.publish(img)
-                next_t += period
-                stop.wait(max(0.0, next_t - time.monotonic()))
-
-        feeder = threading.Thread(target=feed, daemon=True)
+        feeder = threading.Thread(target=feed_inputs, daemon=True, args=(
+            bench.get_clock(), js_pub, cam_pub, args.image_size, pixels, args.input_rate_hz, stop))
         feeder.start()
         deadline = time.monotonic() + 120
         while not received and time.monotonic() < deadline:
