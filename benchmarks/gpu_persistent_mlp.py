@@ -27,6 +27,8 @@ against the 4.25 TB/s that a copy reaches. The kernel here does all three in one
   - The split partials are fp32; the last-arriving program of a column tile sums them in a fixed
     order, so the result is deterministic (no float atomics).
 
+``PHASE=3`` is the barrier alone: with an empty launch beside it, that gives the barrier's own cost.
+
 ``PHASE=1`` and ``PHASE=2`` launch one phase alone, without the barrier. They serve two purposes:
 - a two-launch control on the GPU, which tells whether the barrier beats a launch boundary;
 - the CPU check (``--check``). The Triton interpreter runs programs one after another, so it
@@ -109,7 +111,7 @@ def _persistent_mlp_kernel(x_desc, wgu_desc, wd_desc, act_ptr, y_ptr, part_ptr, 
     nprog = tl.num_programs(0)
     rows = tl.arange(0, MP)
     rmask = rows < M
-    if PHASE != 2:  # A: act[:, slab] = act(xn Wg[slab]^T) * (xn Wu[slab]^T), W on the wide side
+    if (PHASE == 0) | (PHASE == 1):  # A: act[:, slab] = act(xn Wg[slab]^T) * (xn Wu[slab]^T), W on the wide side
         hcol = tl.arange(0, BH)
         for t in range(pid, F // BH, nprog):
             accg = tl.zeros((BH, MP), tl.float32)
@@ -123,9 +125,9 @@ def _persistent_mlp_kernel(x_desc, wgu_desc, wd_desc, act_ptr, y_ptr, part_ptr, 
             u = accu.to(dt).to(tl.float32)
             a = (_act(g, ACT) * u).to(dt)
             tl.store(act_ptr + rows[None, :] * F + (t * BH + hcol)[:, None], a, mask=rmask[None, :])
-    if PHASE == 0:
+    if (PHASE == 0) | (PHASE == 3):
         _grid_barrier(bar_ptr, err_ptr, nprog, SPIN_LIMIT)
-    if PHASE != 1:  # B: y = act Wd^T, BN output columns per tile, K split S ways
+    if (PHASE == 0) | (PHASE == 2):  # B: y = act Wd^T, BN output columns per tile, K split S ways
         ncol = tl.arange(0, BN)
         kk = tl.arange(0, BK2)
         KS = F // S
@@ -156,12 +158,18 @@ def _persistent_mlp_kernel(x_desc, wgu_desc, wd_desc, act_ptr, y_ptr, part_ptr, 
                     tl.atomic_xchg(cnt_ptr + c, 0, sem="relaxed", scope="gpu")
 
 
+@triton.jit
+def _empty_kernel(err_ptr):
+    if tl.program_id(0) < 0:  # never: a launch that does nothing, for the launch floor
+        tl.store(err_ptr, 1)
+
+
 class PersistentMLP:
     """The buffers and descriptors of one (rows, width, hidden) shape and one tile config."""
 
     def __init__(self, M: int, K: int, Fd: int, act: int, BH: int, BK: int, BN: int, BK2: int, S: int,
                  stages: int, warps: int = 4, grid: int | None = None, device: str = "cuda",
-                 dtype: torch.dtype = torch.bfloat16) -> None:
+                 dtype: torch.dtype = torch.bfloat16, spin_limit: int = SPIN_LIMIT) -> None:
         if Fd % BH or Fd % S or (Fd // S) % BK2:
             raise ValueError(f"hidden {Fd} does not split into BH {BH} / S {S} x BK2 {BK2}")
         self.M, self.K, self.F, self.act = M, K, Fd, act
@@ -178,6 +186,7 @@ class PersistentMLP:
         self.grid = min(grid or sms, tiles, sms)
         self._descs: dict[int, tuple] = {}
         self.f32_dot = os.environ.get("TRITON_INTERPRET") == "1"
+        self.spin_limit = spin_limit
 
     def descriptors(self, x: torch.Tensor, wgu: torch.Tensor, wd: torch.Tensor) -> tuple:
         key = wgu.data_ptr()
@@ -191,11 +200,11 @@ class PersistentMLP:
                  phases: tuple[int, ...] = (0,), cooperative: bool = True) -> torch.Tensor:
         xd, gd, dd = self.descriptors(x, wgu, wd)
         for phase in phases:
-            extra = {"launch_cooperative_grid": True} if (phase == 0 and cooperative) else {}
+            extra = {"launch_cooperative_grid": True} if (phase in (0, 3) and cooperative) else {}
             _persistent_mlp_kernel[(self.grid,)](
                 xd, gd, dd, self.act_buf, y, self.part, self.cnt, self.bar, self.err, self.M, self.K, self.F,
                 K=self.K, MP=self.MP, BH=self.BH, BK=self.BK, BN=self.BN, BK2=self.BK2, S=self.S, ACT=self.act,
-                PHASE=phase, SPIN_LIMIT=SPIN_LIMIT, F32=self.f32_dot, num_warps=self.warps, num_stages=self.stages, **extra)
+                PHASE=phase, SPIN_LIMIT=self.spin_limit, F32=self.f32_dot, num_warps=self.warps, num_stages=self.stages, **extra)
         return y
 
 
@@ -251,7 +260,30 @@ def check() -> int:
             if not err < 2e-3 or left:
                 say("FAILED")
                 return 1
-    say(f"all phases agree with the torch steps (worst rel err {worst:.1e})")
+        # one launch with the barrier: the interpreter runs programs one after another, so only
+        # a grid of one passes it; it must give the two launches' bits and reset its counters
+        one = PersistentMLP(M, K, Fd, act, BH, BK, BN, BK2, S, stages=2, grid=1, device="cpu", dtype=torch.float16)
+        y1 = one(x, wgu, wd, torch.full((M, K), float("nan"), dtype=torch.float16))
+        same = bool(torch.equal(y1, y))
+        state = (one.bar.tolist(), int(one.err), int(one.cnt.abs().sum()))
+        say(f"  one launch, grid 1: same bits as two launches {same}; barrier counters, flag, split counters {state}")
+        if not same or state != ([0, 0], 0, 0):
+            say("FAILED")
+            return 1
+    # a grid of two in the interpreter: program 0 spins alone, so the bounded spin must raise
+    # the flag and let the launch end, and the last to depart must still reset the counters
+    M, K, Fd, act, BH, BK, BN, BK2, S = cases[0]
+    (wgu, wd), = weights(K, Fd, "cpu", 1, seed=M, dtype=torch.float16)
+    x = torch.randn(M, K, generator=torch.Generator().manual_seed(M + 1)).to(torch.float16)
+    two = PersistentMLP(M, K, Fd, act, BH, BK, BN, BK2, S, stages=2, grid=2, device="cpu", dtype=torch.float16,
+                        spin_limit=8)
+    two(x, wgu, wd, torch.empty((M, K), dtype=torch.float16))
+    state = (two.bar.tolist(), int(two.err))
+    say(f"barrier timeout (grid 2, programs run in turn): counters, flag {state}")
+    if state != ([0, 0], 1):
+        say("FAILED")
+        return 1
+    say(f"all phases agree with the torch steps (worst rel err {worst:.1e}); the barrier resets and times out")
     return 0
 
 
@@ -343,6 +375,14 @@ def bench(names: list[str], quick: bool) -> None:
         torch.cuda.synchronize()
         say(f"  repeat bit-identical: {bool(torch.equal(y1, y2))}, same bits as two launches: "
             f"{bool(torch.equal(y1, y3))}, barrier flag {int(mlp.err.item())}")
+        # where the time goes: the launch floor of a grid this size, the barrier alone, and the
+        # same kernel with one weight copy (L2-resident: latency, not HBM, if it is as slow)
+        y = torch.empty((M, K), dtype=torch.bfloat16, device=dev)
+        empty = graph_us(lambda: _empty_kernel[(mlp.grid,)](mlp.err))
+        barrier = graph_us(lambda: mlp(x, *ws[0], y, phases=(3,), cooperative=False))
+        l2 = graph_us(lambda: mlp(x, *ws[0], y, cooperative=False))
+        say(f"  empty launch of {mlp.grid} programs {empty:.1f} us, barrier alone {barrier:.1f} us, "
+            f"one launch with L2-resident weights {l2:.1f} us, flag {int(mlp.err.item())}")
         torch.cuda.empty_cache()
 
 
