@@ -33,7 +33,7 @@ def test_generated_yaml_pins_nothing_an_embodiment_or_the_calibrator_supplies() 
 @pytest.mark.parametrize(
     ("name", "value", "reason"),
     [("engine", "tensorflow", "engine must be one of"), ("dtype", "fp64", "dtype must be one of"),
-     ("chunk_strategy", "ensemble", "chunk_strategy must be one of ('replace', 'blend', 'rtc')"),
+     ("chunk_strategy", "ensemble", "chunk_strategy must be one of ('replace', 'blend', 'rtc', 'temporal_ensemble')"),
      ("rtc_mode", "exact", "rtc_mode must be one of ('guided', 'inpaint')"),
      ("rtc_prefix_attention_schedule", "cosine", "one of ('zeros', 'ones', 'linear', 'exp')"),
      ("blend_window_steps", -1, "within [0, 1000]"),

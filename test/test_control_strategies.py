@@ -75,7 +75,7 @@ def test_a_chunk_computed_while_the_robot_lags_starts_from_the_command(defer: bo
             np.testing.assert_allclose(old.positions[0], 0.5)  # the model's target, near the measured state
 
 
-@pytest.mark.parametrize("name", ["replace", "blend", "rtc"])
+@pytest.mark.parametrize("name", ["replace", "blend", "rtc", "temporal_ensemble"])
 def test_a_late_chunk_is_anchored_where_the_controller_starts_it(name: str) -> None:
     """Planned 150 ms after its stamp (the latency compensation was too small): a deferring
     controller starts it part-way through, at arrival, so the command there must be within a
@@ -127,6 +127,67 @@ def test_blend_starts_on_the_old_command_with_its_velocity_and_ends_on_the_new_c
     rplan = replace.plan(request(np.repeat(new[:, None], J, axis=1), 0.3, obs, obs + 20 * MS, s))
     assert abs(rplan.positions[0, 0] - old_at[0]) > 0.05
     assert abs(rplan.velocities[0, 0] - 0.6) > 2 * abs(plan.velocities[0, 0] - 0.6)
+
+
+# ---------------------------------------------------------------------- temporal_ensemble
+
+
+def _ensemble_chunk(strategy, value: float, obs: int, s: P.Settings, publish: bool = True) -> PlannedChunk:
+    plan = strategy.plan(request(value, 0.5, obs, obs + MS, s))
+    if publish:
+        strategy.published(plan, obs + 2 * MS)
+    return plan
+
+
+@pytest.mark.parametrize("m", [0.5, 0.0, -0.7])
+def test_temporal_ensemble_weighs_every_covering_chunk_from_the_oldest(m: float) -> None:
+    """ACT's weights exp(-m i), i = 0 for the oldest chunk covering the point: three chunks 10
+    periods apart (50 rows each), so a point of the third is voted for by 3, 2 or 1 chunks."""
+    s = settings(chunk_strategy="temporal_ensemble", temporal_ensemble_coeff=m, latency_compensation_ms=0.0,
+                 anchor_to_command=False)
+    strategy = make_strategy("temporal_ensemble")
+    t0 = 10_000 * MS
+    values = (0.50, 0.53, 0.58)
+    plans = [_ensemble_chunk(strategy, v, t0 + i * 10 * DT, s) for i, v in enumerate(values)]
+    first, third = plans[0], plans[2]
+    np.testing.assert_allclose(first.positions[:, 0], 0.50)  # nothing older: the chunk itself
+    w = np.exp(-m * np.arange(3))
+    three = np.dot(w, values) / w.sum()
+    two = np.dot(w[:2], values[1:]) / w[:2].sum()
+    np.testing.assert_allclose(third.positions[:30, 0], three, atol=1e-9)  # rows 0-29: all three
+    np.testing.assert_allclose(third.positions[30:40, 0], two, atol=1e-9)  # 30-39: the first has ended
+    np.testing.assert_allclose(third.positions[40:, 0], 0.58, atol=1e-9)  # 40-49: only itself
+    assert len(third.positions) == 50
+
+
+def test_temporal_ensemble_votes_interpolate_between_points_and_only_published_chunks_vote() -> None:
+    s = settings(chunk_strategy="temporal_ensemble", temporal_ensemble_coeff=0.0, latency_compensation_ms=0.0,
+                 anchor_to_command=False)
+    strategy = make_strategy("temporal_ensemble")
+    t0 = 10_000 * MS
+    ramp = 0.5 + 0.002 * np.arange(50)
+    strategy.published(strategy.plan(request(np.repeat(ramp[:, None], J, axis=1), 0.5, t0, t0 + MS, s)), t0 + MS)
+    _ensemble_chunk(strategy, 0.9, t0 + 5 * DT, s, publish=False)  # planned, never published: no vote
+    half = t0 + 10 * DT + DT // 2  # half a period off the first chunk's grid
+    plan = _ensemble_chunk(strategy, 0.55, half, s)
+    old = 0.5 + 0.002 * (10.5 + np.arange(39))  # the ramp halfway between its points
+    np.testing.assert_allclose(plan.positions[:39, 0], (old + 0.55) / 2, atol=1e-6)
+    np.testing.assert_allclose(plan.positions[39:, 0], 0.55, atol=1e-9)
+    strategy.reset()  # activate / deactivate: the votes go too
+    again = _ensemble_chunk(strategy, 0.55, half + DT, s)
+    np.testing.assert_allclose(again.positions[:, 0], 0.55)
+
+
+def test_temporal_ensemble_output_still_passes_the_limits() -> None:
+    """The ensemble reshapes the targets; the safety limits come after it, as for every strategy."""
+    s = settings(chunk_strategy="temporal_ensemble", temporal_ensemble_coeff=-5.0, latency_compensation_ms=0.0,
+                 anchor_to_command=False)
+    strategy = make_strategy("temporal_ensemble")
+    t0 = 10_000 * MS
+    _ensemble_chunk(strategy, 0.0, t0, s)
+    plan = _ensemble_chunk(strategy, 2.9, t0 + DT, s)
+    assert np.all(np.abs(np.diff(plan.positions, axis=0)) <= 0.1 + 1e-9)
+    assert np.all(np.abs(plan.positions) <= 3.0)
 
 
 # ---------------------------------------------------------------------- rtc

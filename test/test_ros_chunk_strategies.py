@@ -111,3 +111,21 @@ def test_blend_hands_over_on_the_running_command(node, robot, baseline) -> None:
         np.testing.assert_allclose(first, old, atol=1e-6)
     diag = robot.latest_diagnostics(after_ns=robot.now_ns())
     assert diag["chunk_strategy"] == "blend" and diag["boundary_jump_p50_rad"] != "n/a"
+
+
+def test_temporal_ensemble_runs_on_the_node_and_takes_its_coefficient_live(node, robot, baseline) -> None:
+    """temporal_ensemble is chosen by the parameter like every strategy, its coefficient is a
+    live parameter (range-checked), and its trajectories are still anchored at the takeover."""
+    baseline("temporal_ensemble")
+    assert robot.set_params(temporal_ensemble_coeff=11.0)[0][0] is False  # outside [-10, 10]
+    assert robot.set_params(temporal_ensemble_coeff=0.5) == [(True, "")]
+    robot.wait_chunks(2, timeout_s=120)
+    with robot.lock:
+        mark = len(robot.trajectories)
+    robot.wait_chunks(6, timeout_s=180)
+    pairs = _handovers(_trajectories(robot, mark))
+    assert len(pairs) >= 3
+    for first, old in pairs:
+        assert np.all(np.abs(first - old) <= DMAX + 1e-6), (first, old)
+    diag = robot.latest_diagnostics(after_ns=robot.now_ns())
+    assert diag["chunk_strategy"] == "temporal_ensemble" and diag["boundary_jump_p50_rad"] != "n/a"

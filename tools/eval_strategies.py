@@ -5,7 +5,8 @@
     .venv/bin/python tools/eval_strategies.py --checkpoint demo/so101_pick_pi0/checkpoint --episodes 20
 
 One row per strategy (replace as before anchoring, replace + anchoring, blend, rtc guided on
-the torch engine, rtc inpaint on ONNX), every row on the same seeds and noise, through
+the torch engine, rtc inpaint on ONNX, temporal_ensemble at the default execute_steps and at
+execute_steps 1 as ACT runs it), every row on the same seeds and noise, through
 :func:`reflex_ros.sim.strategy_rollout.run_strategy_episode`: the node's real strategies,
 parameters and so100 limits, the one JTC model (deferring, as the demo's sim), the injected
 actuation delay, the physics. Columns: p95 boundary jump (position, the worst joint per
@@ -37,6 +38,9 @@ ROWS = {
     "blend": ("onnx", {"chunk_strategy": "blend"}),
     "rtc": ("torch", {"chunk_strategy": "rtc", "rtc_mode": "guided"}),
     "rtc-inpaint": ("onnx", {"chunk_strategy": "rtc", "rtc_mode": "inpaint"}),
+    "temporal_ensemble": ("onnx", {"chunk_strategy": "temporal_ensemble"}),
+    # ACT's way: a new chunk every control period, each point the ensemble of every chunk covering it
+    "temporal_ensemble-k1": ("onnx", {"chunk_strategy": "temporal_ensemble", "execute_steps": 1}),
 }
 
 

@@ -194,7 +194,9 @@ PARAMS: tuple[ParamSpec, ...] = (
               "= it replaces the one being executed; blend = it is cross-faded in from the command being executed "
               "over blend_window_steps; rtc = real-time chunking: the model is steered while it denoises towards "
               "the command being executed (rtc_* parameters; the first ceil(latency_compensation_ms / dt) rows "
-              "frozen). Every strategy anchors the new trajectory to the command being executed "
+              "frozen); temporal_ensemble = ACT's temporal ensembling: every published chunk still covering a "
+              "point votes for it, weighted exp(-temporal_ensemble_coeff * i) from the oldest (i = 0); ACT "
+              "re-plans every tick (execute_steps:=1). Every strategy anchors the new trajectory to the command being executed "
               "(anchor_to_command)", SERVE, reconfigure_only=True, choices=tuple(STRATEGIES)),
     # --- robot interface ---
     ParamSpec("joint_names", "str[]", None, "Joints the first action dims drive, in order; the state is read "
@@ -261,6 +263,10 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("blend_window_steps", int, 0, "blend: control periods over which a new chunk is cross-faded in from "
               "the command being executed (smoothstep weights: no position or velocity step at the takeover); "
               "0 = execute_steps", BOUNDARY, bounds=(0, 1000)),
+    ParamSpec("temporal_ensemble_coeff", float, 0.01, "temporal_ensemble: m in the vote weights exp(-m * i), "
+              "i = 0 for the oldest chunk covering a point (ACT's and LeRobot's convention and default 0.01; "
+              "> 0 weighs older predictions more, 0 = plain mean, < 0 favours the newest)", BOUNDARY,
+              bounds=(-10.0, 10.0)),
     ParamSpec("rtc_mode", str, GUIDE_INPAINT, "rtc: inpaint = the gradient-free variant (the predicted clean "
               "chunk's weighted rows pulled to the target each denoise step; every decomposed export, ONNX "
               "included; +2% on the torch GPU graph path); guided = the exact guidance (a vector-Jacobian product "

@@ -11,11 +11,13 @@ from reflex_ros.control.strategies.base import ChunkRequest, ChunkStrategy, Exec
 from reflex_ros.control.strategies.blend import BlendStrategy
 from reflex_ros.control.strategies.replace import ReplaceStrategy
 from reflex_ros.control.strategies.rtc import RtcStrategy
+from reflex_ros.control.strategies.temporal_ensemble import TemporalEnsembleStrategy
 
 STRATEGIES: dict[str, type[ChunkStrategy]] = {
     ReplaceStrategy.name: ReplaceStrategy,
     BlendStrategy.name: BlendStrategy,
     RtcStrategy.name: RtcStrategy,
+    TemporalEnsembleStrategy.name: TemporalEnsembleStrategy,
 }
 # blend: measured in the sim with the demo policy at 150 ms actuation delay (tools/eval_strategies.py,
 # 20 seeded episodes): p95 boundary jump 0 vs 0.32 rad for replace, jerk 5x lower, success unchanged
