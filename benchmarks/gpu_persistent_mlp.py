@@ -232,6 +232,13 @@ def weights(K: int, Fd: int, device: str, copies: int, seed: int = 0,
     return out
 
 
+def _cpu_case(M: int, K: int, Fd: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """fp16 input and weights of one check case, seeded by its row count."""
+    (wgu, wd), = weights(K, Fd, "cpu", 1, seed=M, dtype=torch.float16)
+    x = torch.randn(M, K, generator=torch.Generator().manual_seed(M + 1)).to(torch.float16)
+    return x, wgu, wd
+
+
 def check() -> int:
     """CPU: phases A then B, launched apart, against the torch steps (Triton interpreter).
 
@@ -245,8 +252,7 @@ def check() -> int:
     cases = [(5, 48, 64, 0, 16, 32, 16, 32, 1), (7, 40, 64, 1, 16, 16, 16, 16, 2),
              (16, 64, 128, 0, 32, 32, 16, 32, 4), (3, 32, 32, 1, 16, 32, 16, 16, 2)]
     for M, K, Fd, act, BH, BK, BN, BK2, S in cases:
-        (wgu, wd), = weights(K, Fd, "cpu", 1, seed=M, dtype=torch.float16)
-        x = torch.randn(M, K, generator=torch.Generator().manual_seed(M + 1)).to(torch.float16)
+        x, wgu, wd = _cpu_case(M, K, Fd)
         for grid in (3, None):
             mlp = PersistentMLP(M, K, Fd, act, BH, BK, BN, BK2, S, stages=2, grid=grid, device="cpu",
                                 dtype=torch.float16)
@@ -273,8 +279,7 @@ def check() -> int:
     # a grid of two in the interpreter: program 0 spins alone, so the bounded spin must raise
     # the flag and let the launch end, and the last to depart must still reset the counters
     M, K, Fd, act, BH, BK, BN, BK2, S = cases[0]
-    (wgu, wd), = weights(K, Fd, "cpu", 1, seed=M, dtype=torch.float16)
-    x = torch.randn(M, K, generator=torch.Generator().manual_seed(M + 1)).to(torch.float16)
+    x, wgu, wd = _cpu_case(M, K, Fd)
     two = PersistentMLP(M, K, Fd, act, BH, BK, BN, BK2, S, stages=2, grid=2, device="cpu", dtype=torch.float16,
                         spin_limit=8)
     two(x, wgu, wd, torch.empty((M, K), dtype=torch.float16))

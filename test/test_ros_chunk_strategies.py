@@ -70,16 +70,21 @@ def _handovers(records) -> list[tuple[np.ndarray, np.ndarray]]:
     return pairs
 
 
+def _next_handovers(robot: RosHarness, chunks: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """:func:`_handovers` of the next ``chunks`` chunk trajectories the node publishes."""
+    with robot.lock:
+        mark = len(robot.trajectories)
+    robot.wait_chunks(chunks, timeout_s=180)
+    return _handovers(_trajectories(robot, mark))
+
+
 def test_a_chunk_computed_while_the_robot_lags_starts_from_the_command(node, robot, baseline) -> None:
     """Anchored (the default), every new trajectory's first point is within one step of where
     the running command is at its takeover, although the measured state the chunk was computed
     from is far away; with anchoring off (the old behaviour: limited from the measured state)
     the same node and feed make the command jump back towards the arm."""
     baseline("replace")
-    with robot.lock:
-        mark = len(robot.trajectories)
-    robot.wait_chunks(8, timeout_s=180)
-    pairs = _handovers(_trajectories(robot, mark))
+    pairs = _next_handovers(robot, 8)
     assert len(pairs) >= 3, "too few replans arrived before their stamp"
     lag = max(float(np.abs(old - STUCK).max()) for _, old in pairs)
     assert lag > 1.0, f"the command never got far from the arm ({lag:.2f} rad): the test proves nothing"
@@ -88,10 +93,7 @@ def test_a_chunk_computed_while_the_robot_lags_starts_from_the_command(node, rob
 
     assert robot.set_params(anchor_to_command=False) == [(True, "")]
     robot.wait_chunks(2, timeout_s=120)  # the change applies from the next cycle
-    with robot.lock:
-        mark = len(robot.trajectories)
-    robot.wait_chunks(8, timeout_s=180)
-    loose = _handovers(_trajectories(robot, mark))
+    loose = _next_handovers(robot, 8)
     assert loose and max(float(np.abs(first - old).max()) for first, old in loose) > 3 * DMAX
     diag = robot.latest_diagnostics(after_ns=robot.now_ns())
     assert int(diag["replans"]) > 0 and float(diag["boundary_jump_max_rad"]) > 3 * DMAX
@@ -102,10 +104,7 @@ def test_blend_hands_over_on_the_running_command(node, robot, baseline) -> None:
     """blend: the first point of every new trajectory is the running command at its takeover
     (the cross-fade starts at weight 0), and the velocities published there continue it."""
     baseline("blend")
-    with robot.lock:
-        mark = len(robot.trajectories)
-    robot.wait_chunks(6, timeout_s=180)
-    pairs = _handovers(_trajectories(robot, mark))
+    pairs = _next_handovers(robot, 6)
     assert len(pairs) >= 3
     for first, old in pairs:
         np.testing.assert_allclose(first, old, atol=1e-6)
@@ -120,10 +119,7 @@ def test_temporal_ensemble_runs_on_the_node_and_takes_its_coefficient_live(node,
     assert robot.set_params(temporal_ensemble_coeff=11.0)[0][0] is False  # outside [-10, 10]
     assert robot.set_params(temporal_ensemble_coeff=0.5) == [(True, "")]
     robot.wait_chunks(2, timeout_s=120)
-    with robot.lock:
-        mark = len(robot.trajectories)
-    robot.wait_chunks(6, timeout_s=180)
-    pairs = _handovers(_trajectories(robot, mark))
+    pairs = _next_handovers(robot, 6)
     assert len(pairs) >= 3
     for first, old in pairs:
         assert np.all(np.abs(first - old) <= DMAX + 1e-6), (first, old)

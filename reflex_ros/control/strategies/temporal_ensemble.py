@@ -74,14 +74,14 @@ class TemporalEnsembleStrategy(ChunkStrategy):
         def ensemble(targets: np.ndarray, stamp_ns: int, dt_ns: int) -> np.ndarray:
             new = _Vote(int(stamp_ns), int(dt_ns), np.array(targets, dtype=np.float64))
             self._pending = new
-            times = stamp_ns + np.arange(len(targets), dtype=np.int64) * dt_ns
-            live = [v for v in self._votes if v.end_ns >= stamp_ns]
-            if not live:
+            if not self._votes:
                 return targets
+            times = stamp_ns + np.arange(len(targets), dtype=np.int64) * dt_ns
             total = np.zeros_like(new.targets)
             weight = np.zeros((len(times), 1))
             count = np.zeros((len(times), 1))  # older votes covering each time: the new one's index
-            for vote in live:  # oldest first: w = exp(-m * i), i counted per time
+            # oldest first (published() dropped the ones that ended): w = exp(-m * i), i per time
+            for vote in self._votes:
                 values, covered = vote.at(times)
                 ok = covered[:, None] & np.all(np.isfinite(values), axis=1, keepdims=True)
                 w = np.where(ok, np.exp(-coeff * count), 0.0)
